@@ -1,0 +1,1 @@
+"""ringtape live side: config types, shared-memory ring, writer process, EventStore."""

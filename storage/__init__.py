@@ -1,0 +1,1 @@
+"""ringtape on-disk format: segments, frames, manifests, readers, recovery, verification."""

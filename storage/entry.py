@@ -1,0 +1,227 @@
+"""Entry records: the unit of the event stream, byte-identical in the ring and in a frame.
+
+An entry record is a 40-byte little-endian header followed by its variable fields::
+
+    0  u32 record_len        whole record, header included
+    4  u32 payload_len
+    8  u16 topic_len
+    10 u16 payload_type_len
+    12 u8  flags             bit 0: correlation id present, bit 1: causation id present
+    13 u8[3] reserved        zero
+    16 u64 seq
+    24 u64 ts_init           kernel clock, ns since the UNIX epoch
+    32 u64 ts_publish        writer clock when it took the entry from the ring
+    40 topic (UTF-8) | payload_type (UTF-8) | correlation (16) | causation (16) | payload
+
+``record_len`` must equal 40 + the variable lengths; the decoder checks it and every bound
+below before it slices anything, so a hostile length field cannot make it allocate.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+ENTRY_HEADER: Final = struct.Struct("<IIHHB3xQQQ")
+ENTRY_HEADER_SIZE: Final = ENTRY_HEADER.size  # 40
+TS_PUBLISH_OFFSET: Final = 32
+
+FLAG_CORRELATION: Final = 0x01
+FLAG_CAUSATION: Final = 0x02
+KNOWN_FLAGS: Final = FLAG_CORRELATION | FLAG_CAUSATION
+
+MAX_TOPIC_LEN: Final = 1024
+MAX_PAYLOAD_TYPE_LEN: Final = 256
+MAX_PAYLOAD_LEN: Final = 16 * 1024 * 1024
+MAX_RECORD_LEN: Final = ENTRY_HEADER_SIZE + MAX_TOPIC_LEN + MAX_PAYLOAD_TYPE_LEN + 32 + MAX_PAYLOAD_LEN
+
+# Topics of the lifecycle entries the store writes itself.
+TOPIC_RUN_STARTED: Final = "ringtape.RunStarted"
+TOPIC_RUN_ENDED: Final = "ringtape.RunEnded"
+TOPIC_SNAPSHOT_ANCHOR: Final = "ringtape.SnapshotAnchor"
+
+# numpy view of the header, for checking a whole frame's headers at once.
+HEADER_DTYPE: Final = np.dtype(
+    [
+        ("record_len", "<u4"),
+        ("payload_len", "<u4"),
+        ("topic_len", "<u2"),
+        ("payload_type_len", "<u2"),
+        ("flags", "u1"),
+        ("reserved", "V3"),
+        ("seq", "<u8"),
+        ("ts_init", "<u8"),
+        ("ts_publish", "<u8"),
+    ]
+)
+assert HEADER_DTYPE.itemsize == ENTRY_HEADER_SIZE
+_HEADER_SPAN: Final = np.arange(ENTRY_HEADER_SIZE, dtype=np.int64)
+
+
+class EntryError(ValueError):
+    """An entry cannot be encoded (too large, bad field) or decoded (malformed bytes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One captured entry as read back from a run."""
+
+    seq: int
+    ts_init: int
+    ts_publish: int
+    topic: str
+    payload_type: str
+    payload: bytes
+    correlation_id: uuid.UUID | None = None
+    causation_id: uuid.UUID | None = None
+
+
+def record_length(topic_len: int, payload_type_len: int, payload_len: int, flags: int) -> int:
+    ids = 16 * ((flags & FLAG_CORRELATION) + ((flags & FLAG_CAUSATION) >> 1))
+    return ENTRY_HEADER_SIZE + topic_len + payload_type_len + ids + payload_len
+
+
+def check_lengths(topic_len: int, payload_type_len: int, payload_len: int) -> None:
+    """Raise ``EntryError`` when a field is past the format's bounds."""
+    if topic_len > MAX_TOPIC_LEN:
+        raise EntryError(f"topic is {topic_len} bytes, the limit is {MAX_TOPIC_LEN}")
+    if payload_type_len > MAX_PAYLOAD_TYPE_LEN:
+        raise EntryError(
+            f"payload_type is {payload_type_len} bytes, the limit is {MAX_PAYLOAD_TYPE_LEN}"
+        )
+    if payload_len > MAX_PAYLOAD_LEN:
+        raise EntryError(f"payload is {payload_len} bytes, the limit is {MAX_PAYLOAD_LEN}")
+
+
+def encode_entry(
+    seq: int,
+    ts_init: int,
+    ts_publish: int,
+    topic: str,
+    payload: bytes,
+    payload_type: str = "",
+    correlation_id: uuid.UUID | None = None,
+    causation_id: uuid.UUID | None = None,
+) -> bytes:
+    """Encode one entry record (the slow, general path; the ring has its own hot path)."""
+    t = topic.encode()
+    pt = payload_type.encode()
+    check_lengths(len(t), len(pt), len(payload))
+    flags = 0
+    ids = b""
+    if correlation_id is not None:
+        flags |= FLAG_CORRELATION
+        ids += correlation_id.bytes
+    if causation_id is not None:
+        flags |= FLAG_CAUSATION
+        ids += causation_id.bytes
+    n = record_length(len(t), len(pt), len(payload), flags)
+    header = ENTRY_HEADER.pack(n, len(payload), len(t), len(pt), flags, seq, ts_init, ts_publish)
+    return b"".join((header, t, pt, ids, payload))
+
+
+def gather_headers(raw: bytes | memoryview, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.void]:
+    """The headers of the records at ``offsets`` (each must leave 40 bytes in ``raw``)."""
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    rows = buf[offsets[:, None] + _HEADER_SPAN]
+    return rows.view(HEADER_DTYPE).reshape(-1)
+
+
+def check_records(
+    raw: bytes | memoryview, offsets: npt.NDArray[np.int64], end: int, first_seq: int
+) -> str | None:
+    """Check a run of records laid end to end in ``raw[:end]`` against their offset table.
+
+    Returns ``None`` when every record is well formed, contiguous and numbered
+    ``first_seq, first_seq + 1, …``; otherwise a sentence saying what is wrong (and where).
+    Vectorised: the cost is a handful of numpy operations per frame, not a loop per entry.
+    """
+    n = len(offsets)
+    if n == 0:
+        return None if end == 0 else f"{end} bytes of entries but no entry in the offset table"
+    if offsets[0] != 0:
+        return f"first entry offset is {int(offsets[0])}, expected 0"
+    if n > 1 and not bool(np.all(offsets[1:] > offsets[:-1])):
+        return "entry offsets are not increasing"
+    if int(offsets[-1]) + ENTRY_HEADER_SIZE > end:
+        return f"last entry offset {int(offsets[-1])} leaves no room for a header before {end}"
+    headers = gather_headers(raw, offsets)
+    lengths = headers["record_len"].astype(np.int64)
+    ends = offsets + lengths
+    next_starts = np.empty_like(offsets)
+    next_starts[:-1] = offsets[1:]
+    next_starts[-1] = end
+    bad = np.flatnonzero(ends != next_starts)
+    if bad.size:
+        i = int(bad[0])
+        return (
+            f"entry {i} (offset {int(offsets[i])}) says {int(lengths[i])} bytes,"
+            f" the next record starts at {int(next_starts[i])}"
+        )
+    flags = headers["flags"].astype(np.int64)
+    if bool(np.any(flags & ~KNOWN_FLAGS)):
+        i = int(np.flatnonzero(flags & ~KNOWN_FLAGS)[0])
+        return f"entry {i} has unknown flag bits {int(flags[i]):#x}"
+    topic = headers["topic_len"].astype(np.int64)
+    ptype = headers["payload_type_len"].astype(np.int64)
+    payload = headers["payload_len"].astype(np.int64)
+    expected = (
+        ENTRY_HEADER_SIZE
+        + topic
+        + ptype
+        + 16 * ((flags & FLAG_CORRELATION) + ((flags & FLAG_CAUSATION) >> 1))
+        + payload
+    )
+    bad = np.flatnonzero(
+        (expected != lengths)
+        | (topic > MAX_TOPIC_LEN)
+        | (ptype > MAX_PAYLOAD_TYPE_LEN)
+        | (payload > MAX_PAYLOAD_LEN)
+    )
+    if bad.size:
+        i = int(bad[0])
+        return f"entry {i} (offset {int(offsets[i])}) has field lengths that do not add up"
+    seqs = headers["seq"]
+    want = np.arange(first_seq, first_seq + n, dtype=np.uint64)
+    bad = np.flatnonzero(seqs != want)
+    if bad.size:
+        i = int(bad[0])
+        return f"entry {i} has seq {int(seqs[i])}, expected {first_seq + i}"
+    return None
+
+
+def decode_entry(raw: bytes | memoryview, offset: int) -> Entry:
+    """Decode the record at ``offset``; every length is checked against ``raw`` first."""
+    if offset < 0 or offset + ENTRY_HEADER_SIZE > len(raw):
+        raise EntryError(f"no room for an entry header at offset {offset}")
+    n, plen, tlen, ptlen, flags, seq, ts_init, ts_publish = ENTRY_HEADER.unpack_from(raw, offset)
+    if flags & ~KNOWN_FLAGS:
+        raise EntryError(f"unknown flag bits {flags:#x} at offset {offset}")
+    check_lengths(tlen, ptlen, plen)
+    if n != record_length(tlen, ptlen, plen, flags) or offset + n > len(raw):
+        raise EntryError(f"record length {n} at offset {offset} is inconsistent")
+    p = offset + ENTRY_HEADER_SIZE
+    raw_bytes = bytes(raw[p : offset + n])
+    q = 0
+    try:
+        topic = raw_bytes[q : q + tlen].decode()
+        q += tlen
+        payload_type = raw_bytes[q : q + ptlen].decode()
+    except UnicodeDecodeError:
+        raise EntryError(f"topic or payload_type at offset {offset} is not UTF-8") from None
+    q += ptlen
+    correlation = causation = None
+    if flags & FLAG_CORRELATION:
+        correlation = uuid.UUID(bytes=raw_bytes[q : q + 16])
+        q += 16
+    if flags & FLAG_CAUSATION:
+        causation = uuid.UUID(bytes=raw_bytes[q : q + 16])
+        q += 16
+    return Entry(
+        seq, ts_init, ts_publish, topic, payload_type, raw_bytes[q:], correlation, causation
+    )

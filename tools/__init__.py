@@ -1,0 +1,1 @@
+"""The ringtape command line."""
