@@ -7,8 +7,9 @@ Rules of this module:
    compact ``serde_json::to_string`` text: fields in declaration order, no spaces, non-ASCII
    kept as is, ``Option::None`` as ``null``, ``Duration`` as ``{"secs": s, "nanos": n}``,
    enums externally tagged (``"Full"``, ``{"Bounded": {"keep_last": 5}}``).
-2. Only fields marked ``#[serde(default)]`` in the seam may be missing on input
-   (``data_markers`` and the four fields of ``DataMarkerConfig``). Unknown fields are ignored,
+2. As with serde, only fields marked ``#[serde(default)]`` in the seam (``data_markers`` and
+   the four fields of ``DataMarkerConfig``) and ``Option`` fields (``replay_from_run_id``,
+   ``identity.seed``; read as ``None``) may be missing on input. Unknown fields are ignored,
    as serde does by default.
 3. Values are validated when the object is built: one ``ValueError`` naming the field.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import enum
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -78,12 +79,20 @@ def _check_uint(value: Any, name: str, *, minimum: int = 0, maximum: int = _U64_
 def _check_str(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{name}: expected a string, got {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A Rust String is valid UTF-8: lone surrogates ("\ud800") cannot be represented.
+        raise ValueError(f"{name}: not valid UTF-8 (lone surrogate) in {value!r}") from None
     return value
 
 
 def _check_str_map(value: Any, name: str) -> dict[str, str]:
     mapping = _require_mapping(value, name)
     for key, item in mapping.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{name}: keys must be strings, got {key!r}")
+        _check_str(key, name)
         _check_str(item, f"{name}[{key!r}]")
     return dict(mapping)
 
@@ -294,7 +303,7 @@ class RunIdentity(_JsonMixin):
             feature_flags=_take(d, "feature_flags", "identity"),
             adapter_versions=_take(d, "adapter_versions", "identity"),
             config_hash=_take(d, "config_hash", "identity"),
-            seed=_take(d, "seed", "identity"),
+            seed=d.get("seed"),  # serde reads a missing Option as None
         )
 
 
@@ -329,7 +338,7 @@ class RegisteredComponents(_JsonMixin):
     @classmethod
     def from_dict(cls, data: Any) -> RegisteredComponents:
         d = _require_mapping(data, "components")
-        return cls(**{k: _take(d, k, "components") for k in cls.__dataclass_fields__})
+        return cls(**{f.name: _take(d, f.name, "components") for f in fields(cls)})
 
 
 @dataclass
@@ -403,7 +412,7 @@ class EventStoreConfig(_JsonMixin):
         # Kept as text: PathBuf "" and "." are different values, Path() would merge them.
         if not isinstance(self.base_dir, str | os.PathLike):
             raise ValueError(f"base_dir: expected a path, got {self.base_dir!r}")
-        self.base_dir = os.fspath(self.base_dir)
+        self.base_dir = _check_str(os.fspath(self.base_dir), "base_dir")
         if not isinstance(self.identity, RunIdentity):
             raise ValueError(f"identity: expected RunIdentity, got {self.identity!r}")
         if not isinstance(self.retention, RetentionMode):
@@ -451,7 +460,7 @@ class EventStoreConfig(_JsonMixin):
             base_dir=base_dir,
             identity=RunIdentity.from_dict(_take(d, "identity", o)),
             retention=RetentionMode.from_dict(_take(d, "retention", o)),
-            replay_from_run_id=_take(d, "replay_from_run_id", o),
+            replay_from_run_id=d.get("replay_from_run_id"),  # a missing Option is None
             data_markers=None if markers is None else DataMarkerConfig.from_dict(markers),
             channel_capacity=_take(d, "channel_capacity", o),
             max_batch_entries=_take(d, "max_batch_entries", o),
@@ -463,4 +472,3 @@ class EventStoreConfig(_JsonMixin):
                 _take(d, "run_started_timeout", o), "run_started_timeout"
             ),
         )
-

@@ -129,7 +129,8 @@ def gather_headers(raw: bytes | memoryview, offsets: npt.NDArray[np.int64]) -> n
     """The headers of the records at ``offsets`` (each must leave 40 bytes in ``raw``)."""
     buf = np.frombuffer(raw, dtype=np.uint8)
     rows = buf[offsets[:, None] + _HEADER_SPAN]
-    return rows.view(HEADER_DTYPE).reshape(-1)
+    headers: npt.NDArray[np.void] = rows.view(HEADER_DTYPE).reshape(-1)
+    return headers
 
 
 def check_records(

@@ -21,9 +21,9 @@ from storage.layout import create_private_file, fsync_dir, segment_name
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 
-# A hook the writer process uses for fault injection in tests: called with the number of
-# bytes about to be written, it may raise OSError (ENOSPC, EIO) like a full or failing disk.
-WriteGuard = Callable[[int], None]
+# A hook the writer process uses for fault injection in tests: called with the descriptor and
+# the bytes about to be written, it may raise OSError (ENOSPC, EIO) like a full or failing disk.
+WriteGuard = Callable[[int, bytes], None]
 
 
 class SegmentWriter:
@@ -86,7 +86,7 @@ class SegmentWriter:
 
     def _write(self, fd: int, data: bytes) -> None:
         if self._guard is not None:
-            self._guard(len(data))
+            self._guard(fd, data)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]

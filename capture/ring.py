@@ -1,0 +1,285 @@
+"""The shared-memory SPSC entry ring: layout, the producer's hot path, the consumer's bulk take.
+
+Theory of operation
+-------------------
+The region is a control block, an index array and a data ring::
+
+    [control: 64 u64 words][index: slots u64][data: ring_bytes]
+
+The producer (the kernel thread calling ``append``) encodes each entry record — the same bytes
+a segment stores, see ``storage/entry.py`` — straight into the data ring at its absolute byte
+position ``pos`` (physical offset ``pos % ring_bytes``; a record never straddles the end, the
+producer skips to the next lap instead), and then publishes it by storing ``pos`` in
+``index[seq % slots]``. That one ``memoryview.cast("Q")`` store is the commit (never
+``struct.pack_into``, which zeroes its target before writing). There is no separate write
+counter for the producer to maintain: the index slot is it.
+
+The consumer (the writer process) finds the frontier itself: for the seqs after ``READ_SEQ`` it
+gathers index slots and record headers with numpy and accepts a record only if its slot points
+at or after ``READ_POS`` (a slot from an earlier lap points before it), its header carries that
+very ``seq``, its length is in bounds and it ends where the next record starts. The first record
+that fails is the frontier; it is simply looked at again on the next poll. The consumer then
+returns ``READ_SEQ``/``READ_POS`` to free space.
+
+The producer makes no system call on the hot path: the one exception is the doorbell, rung only
+when the consumer has said (``CONSUMER_SLEEPING``) that it is asleep.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from storage.entry import ENTRY_HEADER_SIZE, HEADER_DTYPE
+
+# Control block words. Producer-written and consumer-written words sit on separate cache lines.
+MAGIC: Final = 0
+SLOTS: Final = 1
+RING_BYTES: Final = 2
+PRODUCER_PID: Final = 3
+# producer line
+CLOSE_REQUEST: Final = 9  # seq of the last entry the writer must make durable, then exit
+PRODUCER_HALTED: Final = 10
+# consumer line
+READ_SEQ: Final = 16
+READ_POS: Final = 17
+DURABLE_SEQ: Final = 18
+WRITER_STATE: Final = 19
+WRITER_ERRNO: Final = 20
+WRITER_HEARTBEAT_NS: Final = 21
+CONSUMER_SLEEPING: Final = 22
+WRITER_PID: Final = 23
+FRAMES_WRITTEN: Final = 24
+BYTES_STORED: Final = 25
+BYTES_RAW: Final = 26
+SYNCS: Final = 27
+# words 32..63: the writer's last error message (UTF-8, NUL padded)
+ERROR_TEXT_WORD: Final = 32
+ERROR_TEXT_BYTES: Final = 256
+CONTROL_WORDS: Final = 64
+CONTROL_BYTES: Final = CONTROL_WORDS * 8
+
+RING_MAGIC: Final = 0x52494E4754415045  # "RINGTAPE"
+
+# Writer states.
+STATE_STARTING: Final = 0
+STATE_RUNNING: Final = 1
+STATE_CLOSED: Final = 2
+STATE_FAILED: Final = 3
+
+MIN_RING_BYTES: Final = 256 * 1024
+BYTES_PER_SLOT: Final = 512
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class RingGeometry:
+    """Sizes derived from ``channel_capacity``: entry slots and a byte budget, powers of two."""
+
+    capacity: int  # entries the ring may hold (channel_capacity)
+    slots: int  # index slots, a power of two >= capacity
+    ring_bytes: int
+
+    @classmethod
+    def for_capacity(cls, channel_capacity: int) -> RingGeometry:
+        slots = _pow2_at_least(channel_capacity)
+        ring_bytes = _pow2_at_least(max(MIN_RING_BYTES, channel_capacity * BYTES_PER_SLOT))
+        return cls(channel_capacity, slots, ring_bytes)
+
+    @property
+    def max_record(self) -> int:
+        """The largest record accepted: a quarter of the ring, so one never starves the rest."""
+        return self.ring_bytes // 4
+
+    @property
+    def region_size(self) -> int:
+        return CONTROL_BYTES + 8 * self.slots + self.ring_bytes
+
+
+class RingViews:
+    """Typed views of a mapped region; both sides build one."""
+
+    def __init__(self, buf: memoryview, geometry: RingGeometry) -> None:
+        self.geometry = geometry
+        self.ctrl = buf[:CONTROL_BYTES].cast("Q")
+        index_end = CONTROL_BYTES + 8 * geometry.slots
+        self.index = buf[CONTROL_BYTES:index_end].cast("Q")
+        self.data = buf[index_end : index_end + geometry.ring_bytes]
+        self.index_np: npt.NDArray[np.uint64] = np.frombuffer(self.index, dtype=np.uint64)
+        self.data_np: npt.NDArray[np.uint8] = np.frombuffer(self.data, dtype=np.uint8)
+
+    def init_control(self, producer_pid: int) -> None:
+        g = self.geometry
+        self.ctrl[SLOTS] = g.slots
+        self.ctrl[RING_BYTES] = g.ring_bytes
+        self.ctrl[PRODUCER_PID] = producer_pid
+        self.ctrl[MAGIC] = RING_MAGIC
+
+    def error_text(self) -> str:
+        start = ERROR_TEXT_WORD * 8
+        raw = bytes(self.ctrl.cast("B")[start : start + ERROR_TEXT_BYTES])
+        return raw.rstrip(b"\0").decode("utf-8", "replace")
+
+    def set_error_text(self, text: str) -> None:
+        start = ERROR_TEXT_WORD * 8
+        data = text.encode()[: ERROR_TEXT_BYTES - 1].ljust(ERROR_TEXT_BYTES, b"\0")
+        self.ctrl.cast("B")[start : start + ERROR_TEXT_BYTES] = data
+
+    def release(self) -> None:
+        del self.index_np, self.data_np
+        for view in (self.ctrl, self.index, self.data):
+            view.release()
+
+
+_SPAN: Final = np.arange(ENTRY_HEADER_SIZE, dtype=np.int64)
+_TS_INIT: Final = np.arange(24, 32, dtype=np.int64)
+_TS_PUBLISH: Final = np.arange(32, 40, dtype=np.int64)
+
+
+@dataclass
+class Batch:
+    """Entries ``first_seq .. first_seq + count - 1`` copied out of the ring."""
+
+    first_seq: int
+    records: bytearray
+    offsets: npt.NDArray[np.int64]  # start of each record in ``records``
+    end_pos: int  # absolute ring position after the last record
+
+    @property
+    def count(self) -> int:
+        return len(self.offsets)
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.offsets) - 1
+
+    def frames(self, max_entries: int) -> list[tuple[int, memoryview, npt.NDArray[np.int64]]]:
+        """Split into frames of at most ``max_entries``: (first_seq, record bytes, offsets)."""
+        out = []
+        view = memoryview(self.records)
+        n = len(self.offsets)
+        for i in range(0, n, max_entries):
+            j = min(n, i + max_entries)
+            start = int(self.offsets[i])
+            stop = int(self.offsets[j]) if j < n else len(self.records)
+            out.append((self.first_seq + i, view[start:stop], self.offsets[i:j] - start))
+        return out
+
+
+class RingConsumer:
+    """The writer's side: bulk, validated takes from the ring."""
+
+    def __init__(self, views: RingViews) -> None:
+        self.v = views
+        g = views.geometry
+        self._rmask = g.ring_bytes - 1
+        self._smask = g.slots - 1
+        self.read_seq = int(views.ctrl[READ_SEQ])
+        self.read_pos = int(views.ctrl[READ_POS])
+
+    def has(self, seq: int) -> bool:
+        """Whether entry ``seq`` (> read_seq) is published: one scalar look, for polling."""
+        v = self.v
+        pos = v.index[seq & self._smask]
+        if pos < self.read_pos:
+            return False
+        phys = pos & self._rmask
+        if phys + ENTRY_HEADER_SIZE > v.geometry.ring_bytes:
+            return False
+        return int.from_bytes(v.data[phys + 16 : phys + 24], "little") == seq
+
+    def _scan(self, count: int) -> tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """How many of the next ``count`` seqs are published, with their positions and lengths.
+
+        A record counts only if its slot points at or after ``read_pos`` (earlier laps point
+        before it), its header carries its seq, its length fits the ring and it starts where
+        the previous record ended (or at the next lap, when that one did not fit).
+        """
+        v = self.v
+        rmask = self._rmask
+        ring_bytes = v.geometry.ring_bytes
+        first = self.read_seq + 1
+        seqs = np.arange(first, first + count, dtype=np.uint64)
+        pos = v.index_np[seqs & np.uint64(self._smask)].astype(np.int64)
+        phys = pos & rmask
+        inside = (pos >= self.read_pos) & (phys + ENTRY_HEADER_SIZE <= ring_bytes)
+        n = count if bool(inside.all()) else int(np.argmin(inside))
+        if n == 0:
+            return 0, pos[:0], pos[:0]
+        pos, phys, seqs = pos[:n], phys[:n], seqs[:n]
+        headers = v.data_np[phys[:, None] + _SPAN].view(HEADER_DTYPE).reshape(-1)
+        lengths = headers["record_len"].astype(np.int64)
+        prev_end = np.empty_like(pos)
+        prev_end[0] = self.read_pos
+        prev_end[1:] = pos[:-1] + lengths[:-1]
+        good = (
+            (headers["seq"] == seqs)
+            & (lengths >= ENTRY_HEADER_SIZE)
+            & (phys + lengths <= ring_bytes)
+            & ((pos == prev_end) | (pos == ((prev_end + rmask) & ~rmask)))
+        )
+        if not bool(good.all()):
+            n = int(np.argmin(good))
+        return n, pos[:n], lengths[:n]
+
+    def take(self, max_entries: int, max_bytes: int) -> Batch | None:
+        """Copy out the published entries after ``read_seq`` (at most ``max_entries`` and, past
+        the first, ``max_bytes``). Space is returned to the producer before this returns.
+        """
+        limit = min(max_entries, self.v.geometry.capacity)
+        window = min(64, limit)
+        while True:  # widen the look-ahead geometrically while everything in it is published
+            n, pos, lengths = self._scan(window)
+            if n < window or window == limit:
+                break
+            window = min(limit, window * 4)
+        if n == 0:
+            return None
+        first = self.read_seq + 1
+        v = self.v
+        ends = pos + lengths
+        if max_bytes and n > 1:
+            over = np.flatnonzero(ends - pos[0] > max_bytes)
+            if over.size and over[0] > 0:
+                n = int(over[0])
+                pos, lengths, ends = pos[:n], lengths[:n], ends[:n]
+        phys = pos & self._rmask
+        # Contiguous runs split where the physical offset goes back (a wrap).
+        breaks = np.flatnonzero(phys[1:] < phys[:-1]) + 1
+        records = bytearray(int(lengths.sum()))
+        offsets = np.empty(n, dtype=np.int64)
+        out = 0
+        starts = [0, *breaks.tolist()]
+        stops = [*breaks.tolist(), n]
+        data = v.data
+        for a, b in zip(starts, stops, strict=True):
+            lo = int(phys[a])
+            hi = int(phys[b - 1] + lengths[b - 1])
+            records[out : out + hi - lo] = data[lo:hi]
+            offsets[a:b] = phys[a:b] - lo + out
+            out += hi - lo
+        end_pos = int(ends[-1])
+        self.read_seq = first + n - 1
+        self.read_pos = end_pos
+        v.ctrl[READ_POS] = end_pos
+        v.ctrl[READ_SEQ] = self.read_seq
+        return Batch(first, records, offsets, end_pos)
+
+
+def stamp_publish_time(batch: Batch, ts_publish: int | None) -> None:
+    """Set every record's ``ts_publish`` in one scatter: to ``ts_publish`` (the writer's
+    clock), or, when it is ``None``, to the record's own ``ts_init`` (deterministic backtests).
+    """
+    buf = np.frombuffer(batch.records, dtype=np.uint8)
+    if ts_publish is None:
+        buf[batch.offsets[:, None] + _TS_PUBLISH] = buf[batch.offsets[:, None] + _TS_INIT]
+    else:
+        stamp = np.frombuffer(struct.pack("<Q", ts_publish), dtype=np.uint8)
+        buf[batch.offsets[:, None] + _TS_PUBLISH] = stamp

@@ -1,0 +1,601 @@
+"""``EventStore``: the kernel-facing store (the ``KernelEventStore`` seam) and its hot path.
+
+Lifecycle: ``EventStore(config)`` (boot) → ``restore_parent_cache`` → ``open`` → ``append``… →
+``seal``. ``open`` creates the run directory and manifest, the shared-memory ring and the writer
+process, appends ``RunStarted`` (seq 1) and returns once it is durable. ``seal`` appends
+``RunEnded``, waits until it is durable, marks the manifest ``ended`` and frees everything.
+
+Halt policy: the store is fail-stop. When the ring stays full past ``halt_threshold``, when the
+writer dies, or when the disk fails, the store halts: ``append`` raises :class:`StoreHalted`
+from then on and ``on_halt(reason)`` is called once (from the appending thread for a stall, from
+the store's monitor thread otherwise). The recommended kernel policy is to stop trading on
+``on_halt`` — cancel open orders, refuse new ones — because from that moment decisions are no
+longer recorded. The halted run stays ``running``; the next boot's recovery sweep seals it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeAlias
+
+from capture.config import Environment as Environment
+from capture.config import EventStoreConfig, RegisteredComponents
+from capture.doorbell import Doorbell, new_address
+from capture.errors import (
+    DISK_ERRNOS,
+    EntryTooLarge,
+    HaltReason,
+    RunStartedTimeout,
+    StoreHalted,
+    StoreNotOpen,
+)
+from capture.faults import FaultPlan
+from capture.ring import (
+    CLOSE_REQUEST,
+    CONSUMER_SLEEPING,
+    DURABLE_SEQ,
+    READ_POS,
+    READ_SEQ,
+    STATE_FAILED,
+    WRITER_ERRNO,
+    WRITER_STATE,
+    RingGeometry,
+    RingViews,
+)
+from capture.shm import SharedRegion, remove_orphans
+from capture.writer import WriterArgs, spawn_writer
+from storage.entry import (
+    ENTRY_HEADER,
+    MAX_PAYLOAD_LEN,
+    MAX_PAYLOAD_TYPE_LEN,
+    MAX_TOPIC_LEN,
+    TOPIC_RUN_ENDED,
+    TOPIC_RUN_STARTED,
+    encode_entry,
+)
+from storage.layout import RunPaths, new_run_id
+from storage.manifest import Manifest, write_manifest
+from storage.segment_writer import DEFAULT_SEGMENT_BYTES
+from storage.status import RunStatus
+
+log = logging.getLogger("ringtape.store")
+
+_ENCODER_CACHE_LIMIT = 16384
+_DURABLE_POLL_S = 0.0005
+
+# (pack_into, record size, topic length, payload_type length, topic + payload_type bytes)
+_Encoder: TypeAlias = tuple[Callable[..., None], int, int, int, bytes]
+
+
+class Clock(Protocol):
+    def timestamp_ns(self) -> int: ...
+
+
+class SystemClock:
+    """Wall clock, ns since the UNIX epoch."""
+
+    timestamp_ns = staticmethod(time.time_ns)
+
+
+@dataclass
+class StoreOptions:
+    """Tuning and hooks that are not part of the seam's config (so its JSON stays the seam's)."""
+
+    segment_max_bytes: int = DEFAULT_SEGMENT_BYTES
+    compression_level: int = 3
+    on_halt: Callable[[HaltReason], None] | None = None
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    seal_timeout_s: float = 30.0
+    recover_on_boot: bool = True
+
+
+def _as_uuid(value: uuid.UUID | str, name: str) -> uuid.UUID:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not a UUID") from None
+
+
+class _Session:
+    """Everything that exists only while a run is open."""
+
+    def __init__(
+        self,
+        paths: RunPaths,
+        manifest: Manifest,
+        region: SharedRegion,
+        views: RingViews,
+        process: subprocess.Popen[bytes],
+        doorbell: Doorbell,
+    ) -> None:
+        self.paths = paths
+        self.manifest = manifest
+        self.region = region
+        self.views = views
+        self.process = process
+        self.doorbell = doorbell
+        self.monitor: threading.Thread | None = None
+
+
+class EventStore:
+    """The run-lifecycle event store a trading kernel writes through.
+
+    ``EventStore(config, instance_id=None, clock=None)``; the instance id is a UUID4 (or its
+    string) and the clock any object with ``timestamp_ns()``.
+    """
+
+    # Producer state, read on every append.
+    _ring_bytes: int
+    _rmask: int
+    _smask: int
+    _seq: int
+    _pos: int
+    _pos_limit: int
+    _seq_limit: int
+
+    def __init__(
+        self,
+        config: EventStoreConfig,
+        *,
+        instance_id: uuid.UUID | str | None = None,
+        clock: Clock | None = None,
+        options: StoreOptions | None = None,
+    ) -> None:
+        if not isinstance(config, EventStoreConfig):
+            raise TypeError("config must be an EventStoreConfig")
+        self.config = config
+        self.options = options or StoreOptions()
+        self._instance_id = None if instance_id is None else _as_uuid(instance_id, "instance_id")
+        self._clock: Clock = clock or SystemClock()
+        self._now = self._clock.timestamp_ns
+        self._geometry = RingGeometry.for_capacity(config.channel_capacity)
+        self._session: _Session | None = None
+        self._lock = threading.Lock()
+        self._halt_reason: HaltReason | None = None
+        self._halted = False
+        self._open = False
+        self._run_id: str | None = None
+        self._parent_run_id: str | None = config.replay_from_run_id
+        self._final_durable = 0
+        self._recovered_parent: str | None = None
+        self._reset_producer()
+        remove_orphans()
+
+    # -- the seam -------------------------------------------------------------------------
+
+    def open(
+        self,
+        instance_id: uuid.UUID | str,
+        components: RegisteredComponents,
+        environment: Environment | str,
+    ) -> None:
+        """Open a fresh run; returns once ``RunStarted`` (seq 1) is durable.
+
+        Idempotent: opening again while the same run is open does nothing; after ``seal`` it
+        opens a new run (a kernel reset/rerun). A different instance id while open is an error.
+        """
+        iid = _as_uuid(instance_id, "instance_id")
+        env = Environment.parse(environment)
+        if self._open:
+            if iid != self._instance_id:
+                raise ValueError(f"a run of instance {self._instance_id} is open; seal it first")
+            return
+        base_dir = self.config.require_base_dir()
+        self._instance_id = iid
+        self._halted = False
+        self._halt_reason = None
+        start_ts = self._now()
+        run_id = new_run_id(start_ts)
+        paths = RunPaths(base_dir, str(iid), run_id)
+        paths.create()
+        manifest = Manifest(
+            run_id=run_id,
+            instance_id=str(iid),
+            status=RunStatus.RUNNING,
+            start_ts_init=start_ts,
+            parent_run_id=self._parent_run_id,
+            identity=self.config.identity.to_dict(),
+            registered_components=components.to_dict(),
+            feature_flags=[*self.config.identity.feature_flags, self.config.retention.feature_flag],
+            environment=str(env),
+        )
+        write_manifest(paths.run_dir, manifest)
+        self._start_session(paths, manifest, env)
+        payload = json.dumps(
+            {
+                "run_id": run_id,
+                "instance_id": str(iid),
+                "parent_run_id": self._parent_run_id,
+                "environment": str(env),
+                "registered_components": components.to_dict(),
+                "identity": self.config.identity.to_dict(),
+                "config": self.config.to_dict(),
+            },
+            separators=(",", ":"),
+        ).encode()
+        try:
+            self.append(TOPIC_RUN_STARTED, payload, payload_type="json", ts_init=start_ts)
+            timeout = self.config.run_started_timeout.total_seconds()
+            if not self._wait_durable(1, timeout):
+                raise RunStartedTimeout(
+                    f"RunStarted not durable within {timeout:.3f} s"
+                    + (f" ({self._halt_reason})" if self._halt_reason else "")
+                )
+        except BaseException:
+            self._teardown(kill=True)
+            raise
+        self._run_id = run_id
+
+    def append(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        payload_type: str = "",
+        ts_init: int | None = None,
+    ) -> int:
+        """Append one entry; returns its seq. No system call, no lock, no wait unless full.
+
+        Raises ``StoreHalted`` after a halt, ``StoreNotOpen`` when no run is open and
+        ``EntryTooLarge`` for an entry the ring cannot hold; nothing is written then. (A halt
+        or a closed run sets the limits below so that the check falls to the slow path.)
+        """
+        if ts_init is None:
+            ts_init = self._now()
+        plen = len(payload)
+        encoder = self._encoders.get((topic, payload_type, plen))
+        if encoder is None:
+            encoder = self._encoder(topic, payload_type, plen)
+        pack, n, tlen, ptlen, text = encoder
+        pos = self._pos
+        off = pos & self._rmask
+        if off + n > self._ring_bytes:
+            pos = (pos + self._rmask) & ~self._rmask  # no room before the end: next lap
+            off = 0
+        seq = self._seq + 1
+        if pos + n > self._pos_limit or seq > self._seq_limit:
+            self._wait_for_space(pos, n, seq)
+        pack(self._data, off, n, plen, tlen, ptlen, 0, seq, ts_init, 0, text, payload)
+        self._index[seq & self._smask] = pos  # the commit: the consumer trusts nothing before
+        self._seq = seq
+        self._pos = pos + n
+        ctrl = self._ctrl
+        if ctrl[CONSUMER_SLEEPING]:
+            self._bell()
+        return seq
+
+    def durable_seq(self) -> int:
+        """The highest seq that is fdatasync'd (0: nothing yet). A shared-memory read."""
+        ctrl = self._ctrl
+        return int(ctrl[DURABLE_SEQ]) if ctrl is not None else self._final_durable
+
+    def seal(self, ts_init: int | None = None) -> None:
+        """Append ``RunEnded``, make everything durable, mark the run ``ended``; idempotent.
+
+        A halted store is not sealed (its run stays ``running`` for the recovery sweep); its
+        writer and shared memory are released all the same.
+        """
+        session = self._session
+        if session is None:
+            return
+        if self._halted:
+            self._teardown(kill=True)
+            return
+        ts = self._now() if ts_init is None else ts_init
+        try:
+            last = self.append(TOPIC_RUN_ENDED, b"", ts_init=ts)
+        except StoreHalted:
+            self._teardown(kill=True)
+            return
+        session.views.ctrl[CLOSE_REQUEST] = last
+        session.doorbell.ring()
+        if not self._wait_durable(last, self.options.seal_timeout_s):
+            self._halt(HaltReason("WriterError", "RunEnded not durable after seal timeout"))
+            self._teardown(kill=True)
+            return
+        _join(session.process, self.options.seal_timeout_s)
+        manifest = session.manifest
+        manifest.status = RunStatus.ENDED
+        manifest.high_watermark = last
+        manifest.end_ts_init = ts
+        write_manifest(session.paths.run_dir, manifest)
+        self._teardown(kill=False)
+
+    def run_id(self) -> str | None:
+        """The run id of the open run (``None`` when no run is open)."""
+        return self._run_id if self._open else None
+
+    def parent_run_id(self) -> str | None:
+        """The configured replay source or the recovered parent run, when there is one."""
+        return self._parent_run_id
+
+    def is_event_store_replay_configured(self) -> bool:
+        return self.config.replay_from_run_id is not None
+
+    def is_halted(self) -> bool:
+        return self._halted
+
+    def halt_reason(self) -> HaltReason | None:
+        return self._halt_reason
+
+    def run_dir(self) -> Path | None:
+        session = self._session
+        return None if session is None else session.paths.run_dir
+
+    def writer_pid(self) -> int | None:
+        session = self._session
+        return None if session is None else session.process.pid
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seal()
+
+    # -- the producer ---------------------------------------------------------------------
+
+    def _reset_producer(self) -> None:
+        g = self._geometry
+        self._ring_bytes = g.ring_bytes
+        self._rmask = g.ring_bytes - 1
+        self._smask = g.slots - 1
+        self._seq = 0
+        self._pos = 0
+        self._pos_limit = -1  # forces the slow path (which raises StoreNotOpen) until open
+        self._seq_limit = -1
+        self._encoders: dict[tuple[str, str, int], _Encoder] = {}
+        self._ctrl: Any = None
+        self._index: Any = None
+        self._data: Any = None
+        self._bell: Callable[[], None] = _no_bell
+
+    def _encoder(self, topic: str, payload_type: str, plen: int) -> _Encoder:
+        """A compiled struct that writes a whole record (header, topic, type, payload) in one
+        ``pack_into``; cached per (topic, payload_type, payload length)."""
+        t = topic.encode()
+        pt = payload_type.encode()
+        if len(t) > MAX_TOPIC_LEN or len(pt) > MAX_PAYLOAD_TYPE_LEN or plen > MAX_PAYLOAD_LEN:
+            raise EntryTooLarge(
+                f"topic ({len(t)} B), payload_type ({len(pt)} B) or payload ({plen} B) over the"
+                f" limits ({MAX_TOPIC_LEN} B, {MAX_PAYLOAD_TYPE_LEN} B, {MAX_PAYLOAD_LEN} B)"
+            )
+        if len(self._encoders) >= _ENCODER_CACHE_LIMIT:
+            self._encoders.clear()
+        text = t + pt
+        layout = struct.Struct(f"{ENTRY_HEADER.format}{len(text)}s{plen}s")
+        encoder = (layout.pack_into, layout.size, len(t), len(pt), text)
+        self._encoders[(topic, payload_type, plen)] = encoder
+        return encoder
+
+    def append_linked(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        payload_type: str = "",
+        ts_init: int | None = None,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+    ) -> int:
+        """``append`` with correlation/causation ids in the entry's headers."""
+        ts = self._now() if ts_init is None else ts_init
+        record = encode_entry(0, ts, 0, topic, payload, payload_type, correlation_id, causation_id)
+        return self._append_record(record)
+
+    def _append_record(self, record: bytes) -> int:
+        """The general path for a pre-encoded record (seq and ts_publish are filled in)."""
+        n = len(record)
+        pos = self._pos
+        off = pos & self._rmask
+        if off + n > self._ring_bytes:
+            pos = (pos + self._rmask) & ~self._rmask
+            off = 0
+        seq = self._seq + 1
+        if pos + n > self._pos_limit or seq > self._seq_limit:
+            self._wait_for_space(pos, n, seq)
+        self._data[off : off + n] = record
+        self._data[off + 16 : off + 24] = seq.to_bytes(8, "little")
+        self._index[seq & self._smask] = pos
+        self._seq = seq
+        self._pos = pos + n
+        if self._ctrl[CONSUMER_SLEEPING]:
+            self._bell()
+        return seq
+
+    def _halted_error(self) -> StoreHalted:
+        return StoreHalted(self._halt_reason or HaltReason("Halted", "the store halted"))
+
+    def _wait_for_space(self, pos: int, n: int, seq: int) -> None:
+        """The slow path: refresh the limits from the consumer; wait while full, then halt."""
+        if self._halted:
+            raise self._halted_error()
+        ctrl = self._ctrl
+        if ctrl is None:
+            raise StoreNotOpen("no run is open: call open() first")
+        if n > self._geometry.max_record:
+            raise EntryTooLarge(
+                f"entry of {n} bytes exceeds the ring's limit of {self._geometry.max_record}"
+                f" bytes (channel_capacity {self._geometry.capacity})"
+            )
+        threshold = self.config.halt_threshold.total_seconds()
+        started = 0.0
+        tries = 0
+        while True:
+            self._pos_limit = int(ctrl[READ_POS]) + self._ring_bytes
+            self._seq_limit = int(ctrl[READ_SEQ]) + self._geometry.capacity
+            if pos + n <= self._pos_limit and seq <= self._seq_limit:
+                return
+            if self._halted:
+                raise self._halted_error()
+            if ctrl[CONSUMER_SLEEPING]:
+                self._bell()
+            now = time.monotonic()
+            if not started:
+                started = now
+            elif now - started >= threshold:
+                reason = HaltReason.backpressure(now - started, threshold)
+                self._halt(reason)
+                raise StoreHalted(reason)
+            tries += 1
+            if tries < 64:
+                os.sched_yield()
+            else:
+                time.sleep(0.0001)
+
+    # -- session management ---------------------------------------------------------------
+
+    def _start_session(self, paths: RunPaths, manifest: Manifest, env: Environment) -> None:
+        g = self._geometry
+        region = SharedRegion.create(g.region_size)
+        views = RingViews(region.buf, g)
+        views.init_control(os.getpid())
+        address = new_address()
+        args = WriterArgs(
+            shm_name=region.name,
+            capacity=g.capacity,
+            run_dir=str(paths.run_dir),
+            run_id=paths.run_id,
+            doorbell=address,
+            parent_pid=os.getpid(),
+            max_batch_entries=self.config.max_batch_entries,
+            max_batch_latency_s=self.config.max_batch_latency.total_seconds(),
+            segment_max_bytes=self.options.segment_max_bytes,
+            compression_level=self.options.compression_level,
+            publish_clock="ts_init" if env is Environment.BACKTEST else "wall",
+            faults=self.options.faults,
+        )
+        doorbell = Doorbell(address)
+        try:
+            process = spawn_writer(args)
+        except BaseException:
+            doorbell.close()
+            views.release()
+            region.close()
+            from capture.shm import unlink_name
+
+            unlink_name(region.name)
+            raise
+        session = _Session(paths, manifest, region, views, process, doorbell)
+        self._session = session
+        self._reset_producer()
+        self._ctrl = views.ctrl
+        self._index = views.index
+        self._data = views.data
+        self._bell = doorbell.ring
+        self._pos_limit = g.ring_bytes
+        self._seq_limit = g.capacity
+        self._open = True
+        monitor = threading.Thread(
+            target=self._monitor, args=(session,), name="ringtape-monitor", daemon=True
+        )
+        session.monitor = monitor
+        monitor.start()
+
+    def _monitor(self, session: _Session) -> None:
+        """Wait for the writer to exit; an exit nobody asked for halts the store."""
+        session.process.wait()
+        with self._lock:
+            if self._session is not session or not self._open:
+                return
+            ctrl = session.views.ctrl
+            if ctrl[CLOSE_REQUEST] and ctrl[DURABLE_SEQ] >= ctrl[CLOSE_REQUEST]:
+                return  # a clean close
+            err = int(ctrl[WRITER_ERRNO])
+            text = session.views.error_text()
+            failed = int(ctrl[WRITER_STATE]) == STATE_FAILED
+        code = session.process.returncode
+        if failed and err in DISK_ERRNOS:
+            reason = HaltReason.disk(err, text)
+        elif failed:
+            reason = HaltReason("WriterError", text or f"writer failed (exit {code})", errno=err)
+        else:
+            reason = HaltReason("WriterDied", f"writer process exited unexpectedly (code {code})")
+        self._halt(reason)
+
+    def _halt(self, reason: HaltReason) -> None:
+        with self._lock:
+            if self._halted:
+                return
+            self._halt_reason = reason
+            self._halted = True
+            self._pos_limit = -1  # every later append takes the slow path, which raises
+        log.error("event store halted: %s", reason)
+        callback = self.options.on_halt
+        if callback is not None:
+            try:
+                callback(reason)
+            except Exception:
+                log.exception("on_halt callback raised")
+
+    def _wait_durable(self, seq: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        ctrl = self._ctrl
+        while ctrl[DURABLE_SEQ] < seq:
+            if self._halted or time.monotonic() >= deadline:
+                return bool(ctrl[DURABLE_SEQ] >= seq)
+            time.sleep(_DURABLE_POLL_S)
+        return True
+
+    def _teardown(self, *, kill: bool) -> None:
+        """Stop the writer (killing it if asked or if it does not stop) and free the ring."""
+        with self._lock:
+            session = self._session
+            if session is None:
+                return
+            self._open = False
+            self._session = None
+        process = session.process
+        if kill and process.poll() is None:
+            process.kill()
+        if not _join(process, 5.0):
+            process.kill()
+            process.wait()
+        self._final_durable = int(session.views.ctrl[DURABLE_SEQ])
+        if session.monitor is not None:
+            session.monitor.join(1.0)
+        self._ctrl = None
+        self._index = None
+        self._data = None
+        self._bell = _no_bell
+        session.doorbell.close()
+        session.views.release()
+        session.region.close()
+        from capture.shm import unlink_name
+
+        unlink_name(session.region.name)  # normally gone already: the writer unlinks on attach
+        if self._halted:
+            # Keep appends failing with the halt reason rather than "not open".
+            self._pos_limit = -1
+
+
+def _join(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _no_bell() -> None:
+    return None
+
+
+def event_store_factory(
+    config: EventStoreConfig, options: StoreOptions | None = None
+) -> Callable[[uuid.UUID | str, Clock | None], EventStore]:
+    """The kernel's factory: ``(instance_id, clock) -> EventStore``."""
+
+    def factory(instance_id: uuid.UUID | str, clock: Clock | None) -> EventStore:
+        return EventStore(config, instance_id=instance_id, clock=clock, options=options)
+
+    return factory

@@ -1,0 +1,270 @@
+"""The writer process: drains the ring into segment files and publishes the durable seq.
+
+Loop, top to bottom:
+
+1. Poll ``WRITE_SEQ``. Nothing new: idle through the wait strategy (spin, yield, then sleep
+   with ``CONSUMER_SLEEPING`` set so the producer rings the doorbell).
+2. Something new: the batch closes when ``max_batch_entries`` are waiting, when
+   ``max_batch_latency`` has passed since the writer first saw its first entry, or at once when
+   a close is requested.
+3. Commit: take everything published (bounded by ``GROUP_BYTES``), one frame per
+   ``max_batch_entries``, append them all, one ``fdatasync`` (group commit), then publish
+   ``DURABLE_SEQ``. The ring's record bytes are the frame's entry bytes: per batch the work is a
+   few numpy calls, one compress, one hash and one write per frame.
+4. Stop when the producer's close request is durable (``CLOSED``), when the kernel process is
+   gone (drain what was published; the run stays ``running`` for the recovery sweep), or on a
+   disk error (``FAILED`` with the errno in the control block: the store halts).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from capture.doorbell import DoorbellListener
+from capture.faults import FaultInjector, FaultPlan
+from capture.ring import (
+    BYTES_RAW,
+    BYTES_STORED,
+    CLOSE_REQUEST,
+    CONSUMER_SLEEPING,
+    DURABLE_SEQ,
+    FRAMES_WRITTEN,
+    STATE_CLOSED,
+    STATE_FAILED,
+    STATE_RUNNING,
+    SYNCS,
+    WRITER_ERRNO,
+    WRITER_HEARTBEAT_NS,
+    WRITER_PID,
+    WRITER_STATE,
+    Batch,
+    RingConsumer,
+    RingGeometry,
+    RingViews,
+    stamp_publish_time,
+)
+from capture.shm import SharedRegion
+from capture.wait import BackoffWait
+from storage.frame import STREAM_EVENTS
+from storage.lock import WriterLock
+from storage.segment_writer import SegmentWriter
+
+GROUP_BYTES: Final = 16 * 1024 * 1024
+GROUP_ENTRIES: Final = 8192
+BATCH_POLL_S: Final = 0.0002
+
+EXIT_OK: Final = 0
+EXIT_ATTACH_FAILED: Final = 2
+EXIT_DISK_ERROR: Final = 3
+EXIT_INTERNAL_ERROR: Final = 4
+
+
+@dataclass(frozen=True)
+class WriterArgs:
+    """Everything the spawned writer needs; plain values so it pickles."""
+
+    shm_name: str
+    capacity: int
+    run_dir: str
+    run_id: str
+    doorbell: bytes
+    parent_pid: int
+    max_batch_entries: int
+    max_batch_latency_s: float
+    segment_max_bytes: int
+    compression_level: int
+    publish_clock: str = "wall"  # "wall", or "ts_init" to copy ts_init (backtests)
+    faults: FaultPlan = field(default_factory=FaultPlan)
+
+
+class WriterLoop:
+    def __init__(
+        self,
+        args: WriterArgs,
+        views: RingViews,
+        segments: SegmentWriter,
+        doorbell: DoorbellListener,
+        faults: FaultInjector,
+    ) -> None:
+        self.args = args
+        self.v = views
+        self.ring = RingConsumer(views)
+        self.segments = segments
+        self.doorbell = doorbell
+        self.faults = faults
+        self.wait = BackoffWait(self._sleep)
+        self.stop_requested = False
+
+    def parent_gone(self) -> bool:
+        return self.stop_requested or os.getppid() != self.args.parent_pid
+
+    def _sleep(self, timeout: float) -> None:
+        ctrl = self.v.ctrl
+        ctrl[CONSUMER_SLEEPING] = 1
+        # Re-check after announcing sleep: an entry published just before would get no bell.
+        if not self.ring.has(self.ring.read_seq + 1) and not ctrl[CLOSE_REQUEST]:
+            self.doorbell.wait(timeout)
+        ctrl[CONSUMER_SLEEPING] = 0
+        ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
+
+    def run(self) -> None:
+        ctrl = self.v.ctrl
+        streak = 0
+        while True:
+            if self.ring.has(self.ring.read_seq + 1):
+                streak = 0
+                self._close_batch()
+                self._commit()
+                continue
+            close = int(ctrl[CLOSE_REQUEST])
+            if close and self.ring.read_seq >= close:
+                ctrl[WRITER_STATE] = STATE_CLOSED
+                return
+            if self.parent_gone():
+                return  # everything published is durable; the sweep seals the run
+            streak += 1
+            self.wait.idle(streak)
+
+    def _close_batch(self) -> None:
+        """Wait until the batch should close (count, latency, close request or orphaned)."""
+        deadline = time.monotonic() + self.args.max_batch_latency_s
+        want = self.ring.read_seq + self.args.max_batch_entries
+        ctrl = self.v.ctrl
+        while (
+            not self.ring.has(want)
+            and not ctrl[CLOSE_REQUEST]
+            and (remaining := deadline - time.monotonic()) > 0
+            and not self.parent_gone()
+        ):
+            time.sleep(min(remaining, BATCH_POLL_S))
+
+    def _commit(self) -> None:
+        """Take what is published (group commit), write frames, fdatasync, publish."""
+        ctrl = self.v.ctrl
+        last = 0
+        taken = 0
+        while taken < GROUP_BYTES:
+            batch = self.ring.take(GROUP_ENTRIES, GROUP_BYTES - taken)
+            if batch is None:
+                break  # nothing more is published (or not fully visible yet)
+            self._append(batch)
+            taken += len(batch.records)
+            last = batch.last_seq
+        if not last:
+            os.sched_yield()
+            return
+        self.faults.point("after_write")
+        self.segments.sync()
+        ctrl[SYNCS] += 1
+        self.faults.point("after_fsync")
+        ctrl[DURABLE_SEQ] = last
+        ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
+        self.faults.commits += 1
+        self.faults.point("after_publish")
+
+    def _append(self, batch: Batch) -> None:
+        if self.args.publish_clock == "wall":
+            stamp_publish_time(batch, time.time_ns())
+        else:
+            stamp_publish_time(batch, None)
+        seg = self.segments
+        ctrl = self.v.ctrl
+        for first_seq, records, offsets in batch.frames(self.args.max_batch_entries):
+            stored = seg.append(records, offsets, first_seq)
+            ctrl[FRAMES_WRITTEN] += 1
+            ctrl[BYTES_STORED] += stored
+            ctrl[BYTES_RAW] += len(records)
+
+
+def _report_failure(views: RingViews, err: int, text: str) -> None:
+    views.set_error_text(text)
+    views.ctrl[WRITER_ERRNO] = err
+    views.ctrl[WRITER_STATE] = STATE_FAILED
+
+
+def writer_main(args: WriterArgs) -> None:
+    """Entry point of the spawned writer process."""
+    try:
+        region = SharedRegion.attach(args.shm_name)
+    except OSError as exc:
+        print(f"ringtape writer: cannot attach {args.shm_name}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_ATTACH_FAILED)
+    views = RingViews(region.buf, RingGeometry.for_capacity(args.capacity))
+    views.ctrl[WRITER_PID] = os.getpid()
+    run_dir = Path(args.run_dir)
+    faults = FaultInjector(args.faults)
+    code = EXIT_OK
+    try:
+        lock = WriterLock.acquire(run_dir)
+        doorbell = DoorbellListener(args.doorbell)
+        segments = SegmentWriter(
+            run_dir,
+            args.run_id,
+            "events",
+            STREAM_EVENTS,
+            max_segment_bytes=args.segment_max_bytes,
+            compression_level=args.compression_level,
+            write_guard=None if args.faults.empty else faults.guard_write,
+        )
+        loop = WriterLoop(args, views, segments, doorbell, faults)
+
+        def on_term(signum: int, frame: object) -> None:
+            loop.stop_requested = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel decides; Ctrl-C reaches it
+        views.ctrl[WRITER_STATE] = STATE_RUNNING
+        loop.run()
+        segments.close()
+        doorbell.close()
+        lock.release()
+    except OSError as exc:
+        _report_failure(views, exc.errno or 0, f"{exc.strerror or exc} ({exc.filename or ''})")
+        code = EXIT_DISK_ERROR
+    except Exception as exc:  # the store must learn why its writer stopped
+        _report_failure(views, 0, f"{type(exc).__name__}: {exc}")
+        code = EXIT_INTERNAL_ERROR
+    finally:
+        views.release()
+        region.close()
+    sys.exit(code)
+
+
+def spawn_writer(args: WriterArgs) -> subprocess.Popen[bytes]:
+    """Start the writer as a fresh interpreter (``python -m capture.writer``).
+
+    Like multiprocessing's ``spawn`` it never forks a multi-threaded kernel, and unlike it it
+    does not re-import the kernel's ``__main__`` in the child, so a trader's script needs no
+    ``if __name__ == "__main__"`` guard. The arguments travel pickled over stdin.
+    """
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "capture.writer"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        close_fds=True,
+    )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(pickle.dumps(args))
+        proc.stdin.close()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+if __name__ == "__main__":
+    writer_main(pickle.load(sys.stdin.buffer))
