@@ -573,9 +573,8 @@ class EventStore:
         from capture.shm import unlink_name
 
         unlink_name(session.region.name)  # normally gone already: the writer unlinks on attach
-        if self._halted:
-            # Keep appends failing with the halt reason rather than "not open".
-            self._pos_limit = -1
+        self._pos_limit = -1  # appends now take the slow path: StoreHalted or StoreNotOpen
+        self._seq_limit = -1
 
 
 def _join(process: subprocess.Popen[bytes], timeout: float) -> bool:
