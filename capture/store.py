@@ -56,6 +56,7 @@ from capture.shm import SharedRegion, remove_orphans
 from capture.writer import WriterArgs, spawn_writer
 from storage.entry import (
     ENTRY_HEADER,
+    ENTRY_HEADER_SIZE,
     MAX_PAYLOAD_LEN,
     MAX_PAYLOAD_TYPE_LEN,
     MAX_TOPIC_LEN,
@@ -73,8 +74,8 @@ log = logging.getLogger("ringtape.store")
 _ENCODER_CACHE_LIMIT = 16384
 _DURABLE_POLL_S = 0.0005
 
-# (pack_into, record size, topic length, payload_type length, topic + payload_type bytes)
-_Encoder: TypeAlias = tuple[Callable[..., None], int, int, int, bytes]
+# (pack_into, record size, first 16 header bytes, topic + payload_type bytes)
+_Encoder: TypeAlias = tuple[Callable[..., None], int, bytes, bytes]
 
 
 class Clock(Protocol):
@@ -140,7 +141,7 @@ class EventStore:
     _smask: int
     _seq: int
     _pos: int
-    _pos_limit: int
+    _fast_limit: int
     _seq_limit: int
 
     def __init__(
@@ -256,16 +257,12 @@ class EventStore:
         encoder = self._encoders.get((topic, payload_type, plen))
         if encoder is None:
             encoder = self._encoder(topic, payload_type, plen)
-        pack, n, tlen, ptlen, text = encoder
+        pack, n, head, text = encoder
         pos = self._pos
-        off = pos & self._rmask
-        if off + n > self._ring_bytes:
-            pos = (pos + self._rmask) & ~self._rmask  # no room before the end: next lap
-            off = 0
         seq = self._seq + 1
-        if pos + n > self._pos_limit or seq > self._seq_limit:
-            self._wait_for_space(pos, n, seq)
-        pack(self._data, off, n, plen, tlen, ptlen, 0, seq, ts_init, 0, text, payload)
+        if pos + n > self._fast_limit or seq > self._seq_limit:
+            pos = self._make_room(pos, n, seq)
+        pack(self._data, pos & self._rmask, head, seq, ts_init, text, payload)
         self._index[seq & self._smask] = pos  # the commit: the consumer trusts nothing before
         self._seq = seq
         self._pos = pos + n
@@ -351,7 +348,7 @@ class EventStore:
         self._smask = g.slots - 1
         self._seq = 0
         self._pos = 0
-        self._pos_limit = -1  # forces the slow path (which raises StoreNotOpen) until open
+        self._fast_limit = -1  # forces the slow path (which raises StoreNotOpen) until open
         self._seq_limit = -1
         self._encoders: dict[tuple[str, str, int], _Encoder] = {}
         self._ctrl: Any = None
@@ -372,8 +369,12 @@ class EventStore:
         if len(self._encoders) >= _ENCODER_CACHE_LIMIT:
             self._encoders.clear()
         text = t + pt
-        layout = struct.Struct(f"{ENTRY_HEADER.format}{len(text)}s{plen}s")
-        encoder = (layout.pack_into, layout.size, len(t), len(pt), text)
+        n = ENTRY_HEADER_SIZE + len(text) + plen
+        # The first 16 header bytes are the same for every record of this shape; ts_publish
+        # is left zero (pad bytes) for the writer to stamp.
+        head = ENTRY_HEADER.pack(n, plen, len(t), len(pt), 0, 0, 0, 0)[:16]
+        layout = struct.Struct(f"<16sQQ8x{len(text)}s{plen}s")
+        encoder = (layout.pack_into, n, head, text)
         self._encoders[(topic, payload_type, plen)] = encoder
         return encoder
 
@@ -396,13 +397,10 @@ class EventStore:
         """The general path for a pre-encoded record (seq and ts_publish are filled in)."""
         n = len(record)
         pos = self._pos
-        off = pos & self._rmask
-        if off + n > self._ring_bytes:
-            pos = (pos + self._rmask) & ~self._rmask
-            off = 0
         seq = self._seq + 1
-        if pos + n > self._pos_limit or seq > self._seq_limit:
-            self._wait_for_space(pos, n, seq)
+        if pos + n > self._fast_limit or seq > self._seq_limit:
+            pos = self._make_room(pos, n, seq)
+        off = pos & self._rmask
         self._data[off : off + n] = record
         self._data[off + 16 : off + 24] = seq.to_bytes(8, "little")
         self._index[seq & self._smask] = pos
@@ -415,26 +413,35 @@ class EventStore:
     def _halted_error(self) -> StoreHalted:
         return StoreHalted(self._halt_reason or HaltReason("Halted", "the store halted"))
 
-    def _wait_for_space(self, pos: int, n: int, seq: int) -> None:
-        """The slow path: refresh the limits from the consumer; wait while full, then halt."""
+    def _make_room(self, pos: int, n: int, seq: int) -> int:
+        """The slow path: skip to the next lap if the record does not fit before the ring's
+        end, refresh the limits from the consumer, and wait while full — then halt.
+        Returns the position to write at; ``_fast_limit`` lets the hot path skip all this
+        until the next lap end or the consumer's last known read position.
+        """
         if self._halted:
             raise self._halted_error()
         ctrl = self._ctrl
         if ctrl is None:
             raise StoreNotOpen("no run is open: call open() first")
+        ring_bytes = self._ring_bytes
         if n > self._geometry.max_record:
             raise EntryTooLarge(
                 f"entry of {n} bytes exceeds the ring's limit of {self._geometry.max_record}"
                 f" bytes (channel_capacity {self._geometry.capacity})"
             )
+        if (pos & self._rmask) + n > ring_bytes:
+            pos = (pos + self._rmask) & ~self._rmask  # no room before the end: next lap
+        lap_end = (pos & ~self._rmask) + ring_bytes
         threshold = self.config.halt_threshold.total_seconds()
         started = 0.0
         tries = 0
         while True:
-            self._pos_limit = int(ctrl[READ_POS]) + self._ring_bytes
+            pos_limit = int(ctrl[READ_POS]) + ring_bytes
             self._seq_limit = int(ctrl[READ_SEQ]) + self._geometry.capacity
-            if pos + n <= self._pos_limit and seq <= self._seq_limit:
-                return
+            if pos + n <= pos_limit and seq <= self._seq_limit:
+                self._fast_limit = min(pos_limit, lap_end)
+                return pos
             if self._halted:
                 raise self._halted_error()
             if ctrl[CONSUMER_SLEEPING]:
@@ -492,7 +499,7 @@ class EventStore:
         self._index = views.index
         self._data = views.data
         self._bell = doorbell.ring
-        self._pos_limit = g.ring_bytes
+        self._fast_limit = g.ring_bytes
         self._seq_limit = g.capacity
         self._open = True
         monitor = threading.Thread(
@@ -528,7 +535,7 @@ class EventStore:
                 return
             self._halt_reason = reason
             self._halted = True
-            self._pos_limit = -1  # every later append takes the slow path, which raises
+            self._fast_limit = -1  # every later append takes the slow path, which raises
         log.error("event store halted: %s", reason)
         callback = self.options.on_halt
         if callback is not None:
@@ -573,7 +580,7 @@ class EventStore:
         from capture.shm import unlink_name
 
         unlink_name(session.region.name)  # normally gone already: the writer unlinks on attach
-        self._pos_limit = -1  # appends now take the slow path: StoreHalted or StoreNotOpen
+        self._fast_limit = -1  # appends now take the slow path: StoreHalted or StoreNotOpen
         self._seq_limit = -1
 
 
