@@ -1,1 +1,43 @@
 """ringtape live side: config types, shared-memory ring, writer process, EventStore."""
+
+from capture.config import (
+    DataMarkerClass,
+    DataMarkerConfig,
+    Environment,
+    EventStoreConfig,
+    RegisteredComponents,
+    RetentionMode,
+    RunIdentity,
+)
+from capture.errors import (
+    EntryTooLarge,
+    EventStoreError,
+    HaltReason,
+    ReplayError,
+    RunStartedTimeout,
+    StoreHalted,
+    StoreNotOpen,
+)
+from capture.store import Clock, EventStore, StoreOptions, SystemClock, event_store_factory
+
+__all__ = [
+    "Clock",
+    "DataMarkerClass",
+    "DataMarkerConfig",
+    "EntryTooLarge",
+    "Environment",
+    "EventStore",
+    "EventStoreConfig",
+    "EventStoreError",
+    "HaltReason",
+    "RegisteredComponents",
+    "ReplayError",
+    "RetentionMode",
+    "RunIdentity",
+    "RunStartedTimeout",
+    "StoreHalted",
+    "StoreNotOpen",
+    "StoreOptions",
+    "SystemClock",
+    "event_store_factory",
+]

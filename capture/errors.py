@@ -68,3 +68,7 @@ class EntryTooLarge(EventStoreError, ValueError):
 
 class ReplayError(EventStoreError):
     """The replay source cannot be used (missing, quarantined, damaged)."""
+
+
+class AnchorRefused(EventStoreError):
+    """A snapshot anchor behind the previous anchor (anchors never go backwards)."""

@@ -10,6 +10,11 @@ gets a real crash at an exact step of the protocol:
 - ``mid_frame_write``  half of a frame's bytes written (a torn tail on disk)
 
 ``hang_at`` names the same points but sleeps forever there instead (a stalled disk).
+
+``kernel_crash_at`` names points in the kernel process itself (the store), for the crash
+matrix: ``blob_mid_write`` (half a snapshot blob written), ``seal_before_manifest``
+(``RunEnded`` durable, manifest not yet ``ended``) and ``manifest_before_rename`` (the new
+manifest written to its temp file, not yet renamed over the old one).
 ``crash_after_commits`` delays the crash/hang until that many group commits have happened.
 """
 
@@ -19,10 +24,12 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 CRASH_POINTS: Final = ("after_write", "after_fsync", "after_publish", "mid_frame_write")
+KERNEL_CRASH_POINTS: Final = ("blob_mid_write", "seal_before_manifest", "manifest_before_rename")
 
 
 @dataclass(frozen=True)
@@ -32,11 +39,44 @@ class FaultPlan:
     crash_after_commits: int = 0
     enospc_after_bytes: int | None = None
     eio_after_bytes: int | None = None
+    kernel_crash_at: str | None = None
 
     def __post_init__(self) -> None:
         for point in (self.crash_at, self.hang_at):
             if point is not None and point not in CRASH_POINTS:
                 raise ValueError(f"unknown fault point {point!r}; one of {CRASH_POINTS}")
+        if self.kernel_crash_at is not None and self.kernel_crash_at not in KERNEL_CRASH_POINTS:
+            raise ValueError(
+                f"unknown kernel fault point {self.kernel_crash_at!r}; one of {KERNEL_CRASH_POINTS}"
+            )
+
+    @property
+    def writer_plan(self) -> FaultPlan:
+        """The part of the plan the writer process acts on."""
+        return FaultPlan(
+            self.crash_at,
+            self.hang_at,
+            self.crash_after_commits,
+            self.enospc_after_bytes,
+            self.eio_after_bytes,
+        )
+
+    def kernel_point(self, name: str) -> None:
+        """In the kernel process: die here if the plan says so."""
+        if self.kernel_crash_at == name:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def kernel_partial_write(self, name: str) -> Callable[[int, bytes], None] | None:
+        """A write hook that writes half the bytes and dies, when ``name`` is the crash point."""
+        if self.kernel_crash_at != name:
+            return None
+
+        def half_then_die(fd: int, data: bytes) -> None:
+            os.write(fd, data[: max(1, len(data) // 2)])
+            os.fsync(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        return half_then_die
 
     @property
     def empty(self) -> bool:

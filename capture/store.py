@@ -15,6 +15,7 @@ longer recorded. The halted run stays ``running``; the next boot's recovery swee
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from capture.config import EventStoreConfig, RegisteredComponents
 from capture.doorbell import Doorbell, new_address
 from capture.errors import (
     DISK_ERRNOS,
+    AnchorRefused,
     EntryTooLarge,
     HaltReason,
     RunStartedTimeout,
@@ -54,6 +56,7 @@ from capture.ring import (
 )
 from capture.shm import SharedRegion, remove_orphans
 from capture.writer import WriterArgs, spawn_writer
+from storage.blobs import write_blob
 from storage.entry import (
     ENTRY_HEADER,
     ENTRY_HEADER_SIZE,
@@ -62,6 +65,7 @@ from storage.entry import (
     MAX_TOPIC_LEN,
     TOPIC_RUN_ENDED,
     TOPIC_RUN_STARTED,
+    TOPIC_SNAPSHOT_ANCHOR,
     encode_entry,
 )
 from storage.layout import RunPaths, new_run_id
@@ -168,6 +172,7 @@ class EventStore:
         self._run_id: str | None = None
         self._parent_run_id: str | None = config.replay_from_run_id
         self._final_durable = 0
+        self._last_anchor = 0
         self._recovered_parent: str | None = None
         self._reset_producer()
         remove_orphans()
@@ -193,6 +198,7 @@ class EventStore:
             return
         base_dir = self.config.require_base_dir()
         self._instance_id = iid
+        self._last_anchor = 0
         self._halted = False
         self._halt_reason = None
         start_ts = self._now()
@@ -301,12 +307,60 @@ class EventStore:
             self._teardown(kill=True)
             return
         _join(session.process, self.options.seal_timeout_s)
+        faults = self.options.faults
+        faults.kernel_point("seal_before_manifest")
         manifest = session.manifest
         manifest.status = RunStatus.ENDED
         manifest.high_watermark = last
         manifest.end_ts_init = ts
-        write_manifest(session.paths.run_dir, manifest)
+        write_manifest(
+            session.paths.run_dir,
+            manifest,
+            before_rename=lambda: faults.kernel_point("manifest_before_rename"),
+        )
         self._teardown(kill=False)
+
+    def snapshot_anchorer(self) -> Callable[[bytes], int] | None:
+        """A callable that anchors a cache snapshot to the open run (``None`` when closed).
+
+        ``anchor(snapshot_bytes) -> high_watermark``: call it on the kernel thread right after
+        taking the snapshot, with no append in between, because the snapshot reflects every
+        entry appended so far. It waits (at most ``halt_threshold``, else the store halts) until
+        those entries are durable, stores the bytes as a content-addressed blob (fsynced), then
+        appends a ``SnapshotAnchor`` entry ``{high_watermark, blob_ref, content_hash}``. An
+        anchor behind the previous one raises ``AnchorRefused``.
+        """
+        return self._anchor if self._open else None
+
+    def _anchor(self, snapshot: bytes) -> int:
+        session = self._session
+        if session is None or not self._open:
+            raise StoreNotOpen("no run is open: the anchor was not recorded")
+        if self._halted:
+            raise self._halted_error()
+        watermark = self._seq
+        if watermark < self._last_anchor:
+            raise AnchorRefused(
+                f"anchor at {watermark} is behind the previous anchor at {self._last_anchor}"
+            )
+        threshold = self.config.halt_threshold.total_seconds()
+        if not self._wait_durable(watermark, threshold):
+            if not self._halted:
+                self._halt(
+                    HaltReason(
+                        "AnchorStall",
+                        f"entries up to {watermark} not durable within {threshold * 1e3:.0f} ms",
+                        stalled_for_s=threshold,
+                        threshold_s=threshold,
+                    )
+                )
+            raise self._halted_error()
+        hook = self.options.faults.kernel_partial_write("blob_mid_write")
+        blob = write_blob(session.paths.run_dir, bytes(snapshot), during_write=hook)
+        anchor = dataclasses.replace(blob, high_watermark=watermark)
+        self.append(TOPIC_SNAPSHOT_ANCHOR, anchor.to_payload(), payload_type="json")
+        self._last_anchor = watermark
+        return watermark
 
     def run_id(self) -> str | None:
         """The run id of the open run (``None`` when no run is open)."""
@@ -479,7 +533,7 @@ class EventStore:
             segment_max_bytes=self.options.segment_max_bytes,
             compression_level=self.options.compression_level,
             publish_clock="ts_init" if env is Environment.BACKTEST else "wall",
-            faults=self.options.faults,
+            faults=self.options.faults.writer_plan,
         )
         doorbell = Doorbell(address)
         try:

@@ -6,8 +6,10 @@ high watermark from the data rather than trusting the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -91,14 +93,18 @@ def read_manifest(run_dir: Path) -> Manifest:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from None
 
 
-def write_manifest(run_dir: Path, manifest: Manifest) -> None:
-    """Replace the manifest atomically: a crash leaves either the old one or the new one."""
+def write_manifest(
+    run_dir: Path, manifest: Manifest, *, before_rename: Callable[[], None] | None = None
+) -> None:
+    """Replace the manifest atomically: a crash leaves either the old one or the new one.
+
+    ``before_rename`` runs after the temp file is durable and before the rename (tests use it
+    to crash exactly there).
+    """
     path = run_dir / MANIFEST_NAME
     tmp = run_dir / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
-    try:
+    with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    except FileNotFoundError:
-        pass
     fd = create_private_file(tmp)
     try:
         data = manifest.to_json().encode()
@@ -108,5 +114,7 @@ def write_manifest(run_dir: Path, manifest: Manifest) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    if before_rename is not None:
+        before_rename()
     os.replace(tmp, path)
     fsync_dir(run_dir)

@@ -24,7 +24,8 @@ from capture.config import EventStoreConfig, RegisteredComponents
 from capture.errors import EntryTooLarge, HaltReason, RunStartedTimeout, StoreHalted, StoreNotOpen
 from capture.faults import FaultPlan
 from capture.store import EventStore, StoreOptions
-from storage.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED
+from storage.blobs import Anchor, read_blob
+from storage.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, TOPIC_SNAPSHOT_ANCHOR
 from storage.manifest import read_manifest
 from storage.status import RunStatus
 
@@ -315,3 +316,26 @@ def test_wrap_around_random_sizes(
     assert [e.payload for e in entries[1:-1]] == payloads
     assert [e.topic for e in entries[1:-1]] == [f"t.{i % 3}" for i in range(len(sizes))]
     assert all(e.ts_publish == e.ts_init for e in entries), "backtests stamp ts_publish = ts_init"
+
+
+def test_snapshot_anchor_is_durable_blob_and_entry(
+    tmp_path: Path, stores: list[EventStore]
+) -> None:
+    store = make_store(stores, tmp_path)
+    assert store.snapshot_anchorer() is None
+    store.open(uuid.uuid4(), COMPONENTS, "live")
+    run_dir = store.run_dir()
+    anchor = store.snapshot_anchorer()
+    assert anchor is not None and run_dir is not None
+    for i in range(500):
+        store.append("events.order.submitted", b'{"order_id": "%d"}' % i)
+    watermark = anchor(b"state-after-501")
+    assert watermark == 501 and store.durable_seq() >= 501
+    assert anchor(b"state-after-502") == 502  # the first anchor's own entry is seq 502
+    store.seal()
+    anchors = [e for e in walk_entries(run_dir) if e.topic == TOPIC_SNAPSHOT_ANCHOR]
+    assert len(anchors) == 2
+    recorded = Anchor.from_payload(anchors[0].payload, anchors[0].seq)
+    assert recorded.high_watermark == 501 and recorded.seq == 502
+    assert read_blob(run_dir, recorded) == b"state-after-501"
+    assert oct((run_dir / recorded.blob_ref).stat().st_mode & 0o777) == "0o600"
