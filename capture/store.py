@@ -42,6 +42,7 @@ from capture.errors import (
     StoreNotOpen,
 )
 from capture.faults import FaultPlan
+from capture.retention_supervisor import spawn_supervisor
 from capture.ring import (
     CLOSE_REQUEST,
     CONSUMER_SLEEPING,
@@ -102,6 +103,9 @@ class StoreOptions:
     faults: FaultPlan = field(default_factory=FaultPlan)
     seal_timeout_s: float = 30.0
     recover_on_boot: bool = True
+    # Start the retention supervisor process with the run, passing over the instance this
+    # often (None: no supervisor; run `ringtape prune` instead). Ignored for RetentionMode Full.
+    retention_interval_s: float | None = None
 
 
 def _as_uuid(value: uuid.UUID | str, name: str) -> uuid.UUID:
@@ -173,6 +177,7 @@ class EventStore:
         self._parent_run_id: str | None = config.replay_from_run_id
         self._final_durable = 0
         self._last_anchor = 0
+        self._supervisor: subprocess.Popen[bytes] | None = None
         self._recovered_parent: str | None = None
         self._reset_producer()
         remove_orphans()
@@ -242,6 +247,9 @@ class EventStore:
             self._teardown(kill=True)
             raise
         self._run_id = run_id
+        interval = self.options.retention_interval_s
+        if interval is not None and self.config.retention.kind != "Full":
+            self._supervisor = spawn_supervisor(base_dir, str(iid), self.config.retention, interval)
 
     def append(
         self,
@@ -358,7 +366,8 @@ class EventStore:
         hook = self.options.faults.kernel_partial_write("blob_mid_write")
         blob = write_blob(session.paths.run_dir, bytes(snapshot), during_write=hook)
         anchor = dataclasses.replace(blob, high_watermark=watermark)
-        self.append(TOPIC_SNAPSHOT_ANCHOR, anchor.to_payload(), payload_type="json")
+        seq = self.append(TOPIC_SNAPSHOT_ANCHOR, anchor.to_payload(), payload_type="json")
+        session.manifest.anchors.append(dataclasses.asdict(dataclasses.replace(anchor, seq=seq)))
         self._last_anchor = watermark
         return watermark
 
@@ -615,6 +624,12 @@ class EventStore:
                 return
             self._open = False
             self._session = None
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.terminate()
+            if not _join(supervisor, 5.0):
+                supervisor.kill()
+                supervisor.wait()
         process = session.process
         if kill and process.poll() is None:
             process.kill()

@@ -40,6 +40,11 @@ class Manifest:
     environment: str = "live"
     findings: list[dict[str, Any]] = field(default_factory=list)
     marker_high_watermark: int = 0
+    # Snapshot anchors of the run, as recorded in its entry stream (an index; the stream is
+    # the truth): [{"seq", "high_watermark", "blob_ref", "content_hash", "size"}].
+    anchors: list[dict[str, Any]] = field(default_factory=list)
+    # Set by retention (SnapshotAnchored): entries before this seq were reclaimed on purpose.
+    retained_from_seq: int = 1
     format: int = MANIFEST_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +78,10 @@ class Manifest:
             raise ManifestError("manifest parent_run_id is not a string")
         if not isinstance(m.findings, list) or not isinstance(m.feature_flags, list):
             raise ManifestError("manifest findings/feature_flags are not lists")
+        if not isinstance(m.anchors, list) or not all(isinstance(a, dict) for a in m.anchors):
+            raise ManifestError("manifest anchors is not a list of objects")
+        if not isinstance(m.retained_from_seq, int) or m.retained_from_seq < 1:
+            raise ManifestError(f"manifest retained_from_seq {m.retained_from_seq!r} is not valid")
         return m
 
 
