@@ -243,13 +243,14 @@ def spawn_writer(args: WriterArgs) -> subprocess.Popen[bytes]:
 
     Like multiprocessing's ``spawn`` it never forks a multi-threaded kernel, and unlike it it
     does not re-import the kernel's ``__main__`` in the child, so a trader's script needs no
-    ``if __name__ == "__main__"`` guard. The arguments travel pickled over stdin.
+    ``if __name__ == "__main__"`` guard. The arguments travel pickled over stdin. (``-c``
+    rather than ``-m``: the package imports this module, and ``-m`` would run it twice.)
     """
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "capture.writer"],
+        [sys.executable, "-c", "from capture.writer import child_main; child_main()"],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         env=env,
@@ -266,5 +267,6 @@ def spawn_writer(args: WriterArgs) -> subprocess.Popen[bytes]:
     return proc
 
 
-if __name__ == "__main__":
+def child_main() -> None:
+    """The spawned interpreter's entry point: arguments come pickled on stdin."""
     writer_main(pickle.load(sys.stdin.buffer))
