@@ -34,7 +34,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from storage.entry import ENTRY_HEADER_SIZE, HEADER_DTYPE
+from storage.entry import ENTRY_HEADER_SIZE
 
 # Control block words. Producer-written and consumer-written words sit on separate cache lines.
 MAGIC: Final = 0
@@ -138,7 +138,8 @@ class RingViews:
             view.release()
 
 
-_SPAN: Final = np.arange(ENTRY_HEADER_SIZE, dtype=np.int64)
+_LEN_SPAN: Final = np.arange(0, 4, dtype=np.int64)
+_SEQ_SPAN: Final = np.arange(16, 24, dtype=np.int64)
 _TS_INIT: Final = np.arange(24, 32, dtype=np.int64)
 _TS_PUBLISH: Final = np.arange(32, 40, dtype=np.int64)
 
@@ -183,6 +184,7 @@ class RingConsumer:
         self._smask = g.slots - 1
         self.read_seq = int(views.ctrl[READ_SEQ])
         self.read_pos = int(views.ctrl[READ_POS])
+        self._last_take = 0
 
     def has(self, seq: int) -> bool:
         """Whether entry ``seq`` (> read_seq) is published: one scalar look, for polling."""
@@ -214,13 +216,15 @@ class RingConsumer:
         if n == 0:
             return 0, pos[:0], pos[:0]
         pos, phys, seqs = pos[:n], phys[:n], seqs[:n]
-        headers = v.data_np[phys[:, None] + _SPAN].view(HEADER_DTYPE).reshape(-1)
-        lengths = headers["record_len"].astype(np.int64)
+        # Only record_len (bytes 0..4) and seq (16..24) are needed: gather 12 bytes, not 40.
+        data = v.data_np
+        lengths = data[phys[:, None] + _LEN_SPAN].view("<u4").reshape(-1).astype(np.int64)
+        header_seqs = data[phys[:, None] + _SEQ_SPAN].view("<u8").reshape(-1)
         prev_end = np.empty_like(pos)
         prev_end[0] = self.read_pos
         prev_end[1:] = pos[:-1] + lengths[:-1]
         good = (
-            (headers["seq"] == seqs)
+            (header_seqs == seqs)
             & (lengths >= ENTRY_HEADER_SIZE)
             & (phys + lengths <= ring_bytes)
             & ((pos == prev_end) | (pos == ((prev_end + rmask) & ~rmask)))
@@ -234,12 +238,13 @@ class RingConsumer:
         the first, ``max_bytes``). Space is returned to the producer before this returns.
         """
         limit = min(max_entries, self.v.geometry.capacity)
-        window = min(64, limit)
+        window = min(max(64, self._last_take), limit)
         while True:  # widen the look-ahead geometrically while everything in it is published
             n, pos, lengths = self._scan(window)
             if n < window or window == limit:
                 break
             window = min(limit, window * 4)
+        self._last_take = n
         if n == 0:
             return None
         first = self.read_seq + 1

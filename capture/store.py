@@ -98,7 +98,7 @@ class StoreOptions:
     """Tuning and hooks that are not part of the seam's config (so its JSON stays the seam's)."""
 
     segment_max_bytes: int = DEFAULT_SEGMENT_BYTES
-    compression_level: int = 3
+    compression_level: int = 1
     on_halt: Callable[[HaltReason], None] | None = None
     faults: FaultPlan = field(default_factory=FaultPlan)
     seal_timeout_s: float = 30.0

@@ -161,6 +161,7 @@ class WriterLoop:
         if not last:
             os.sched_yield()
             return
+        self.segments.flush()
         self.faults.point("after_write")
         self.segments.sync()
         ctrl[SYNCS] += 1
@@ -176,12 +177,14 @@ class WriterLoop:
         else:
             stamp_publish_time(batch, None)
         seg = self.segments
+        stored = 0
+        frames = batch.frames(self.args.max_batch_entries)
+        for first_seq, records, offsets in frames:
+            stored += seg.append(records, offsets, first_seq)
         ctrl = self.v.ctrl
-        for first_seq, records, offsets in batch.frames(self.args.max_batch_entries):
-            stored = seg.append(records, offsets, first_seq)
-            ctrl[FRAMES_WRITTEN] += 1
-            ctrl[BYTES_STORED] += stored
-            ctrl[BYTES_RAW] += len(records)
+        ctrl[FRAMES_WRITTEN] += len(frames)
+        ctrl[BYTES_STORED] += stored
+        ctrl[BYTES_RAW] += len(batch.records)
 
 
 def _report_failure(views: RingViews, err: int, text: str) -> None:

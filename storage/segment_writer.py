@@ -20,6 +20,7 @@ from storage.frame import FrameEncoder, build_body, encode_segment_header
 from storage.layout import create_private_file, fsync_dir, segment_name
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+FLUSH_BYTES = 1024 * 1024
 
 # A hook the writer process uses for fault injection in tests: called with the descriptor and
 # the bytes about to be written, it may raise OSError (ENOSPC, EIO) like a full or failing disk.
@@ -37,7 +38,7 @@ class SegmentWriter:
         stream_kind: int,
         *,
         max_segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-        compression_level: int = 3,
+        compression_level: int = 1,
         write_guard: WriteGuard | None = None,
     ) -> None:
         if max_segment_bytes < 4096:
@@ -54,6 +55,8 @@ class SegmentWriter:
         self._size = 0
         self._link = 0  # checksum the next frame chains to
         self._unsynced = False
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self.frames = 0
         self.raw_bytes = 0
         self.stored_bytes = 0
@@ -97,12 +100,18 @@ class SegmentWriter:
         offsets: npt.NDArray[np.int64],
         first_seq: int,
     ) -> int:
-        """Compress and append one frame; returns the bytes written. Not durable until sync()."""
+        """Compress and append one frame; returns its size. Frames are buffered and written
+        together by ``flush()`` (one system call for a group); nothing is durable until sync().
+        """
         if self._fd < 0 or self._size >= self._max:
+            self.flush()
             self._open_next(first_seq)
         body = build_body(entries, offsets)
         frame, self._link = self._encoder.encode(body, len(offsets), first_seq, self._link)
-        self._write(self._fd, frame)
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        if self._pending_bytes >= FLUSH_BYTES:
+            self.flush()
         self._size += len(frame)
         self._unsynced = True
         self.frames += 1
@@ -110,8 +119,17 @@ class SegmentWriter:
         self.stored_bytes += len(frame)
         return len(frame)
 
+    def flush(self) -> None:
+        """Write the buffered frames to the current segment file."""
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._write(self._fd, data)
+
     def sync(self) -> None:
-        """fdatasync what was appended since the last sync (no-op when nothing was)."""
+        """Write what is buffered and fdatasync it (no-op when nothing was appended)."""
+        self.flush()
         if self._unsynced and self._fd >= 0:
             os.fdatasync(self._fd)
             self._unsynced = False

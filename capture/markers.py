@@ -1,0 +1,551 @@
+"""The data-marker lane, kernel side: ``observe()`` on the hot path and the sidecar's lifecycle.
+
+Rules of this module:
+
+1. ``observe`` never blocks, never makes a system call unless the sidecar sleeps (the doorbell)
+   and never raises for a full ring or a dead sidecar: the observation is dropped and counted,
+   and its observation number stays used, so the loss is an explicit gap in the record.
+2. ``observe`` runs on the kernel thread that appends entries: it reads the entry stream's last
+   seq (``event_seq_before``) without a lock, and after a sidecar failure it appends the
+   ``MarkerLaneFailed`` entry from that thread (the entry ring has one producer).
+3. The marker lane never halts the store.
+
+Theory of operation
+-------------------
+The region is a control block and a ring of fixed 48-byte records::
+
+    [control: 64 u64 words][slots × record]
+    record: u64 a | u64 b | u64 event_seq_before | u64 obs | u32 stream | u32 kind | u64 rseq
+
+``rseq`` numbers the ring's records from 1 and is written last (the one ``pack_into`` writes the
+fields in order): it is the commit. The sidecar reads the ``rseq`` words of a window first,
+accepts the prefix that carries the expected numbers, only then copies those records, and
+returns ``READ_SEQ`` to free them. Kinds:
+
+- ``KIND_OBS``: one observation; ``a`` = ts_event, ``b`` = ts_init, ``obs`` its number.
+- ``KIND_NAME``: 32 bytes of an instrument id in ``a..obs`` (chunks precede their stream).
+- ``KIND_STREAM``: defines ``stream`` (a slot the kernel assigns densely from 0): ``a`` = class
+  code (index in ``DataMarkerClass.all()``), ``b`` = byte length of the id in the chunks before.
+
+A new (class, instrument) stream costs one dictionary miss and its definition records, written
+all together or not at all; the kernel's dict maps it to its slot from then on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import numpy as np
+
+from capture.config import DataMarkerClass, DataMarkerConfig
+from capture.doorbell import Doorbell, new_address
+from capture.shm import SharedRegion, unlink_name
+from storage.markers import GAP_WRITER_CLOSED, TOPIC_MARKER_LANE_FAILED, gap_body
+
+log = logging.getLogger("ringtape.markers")
+
+# Control block words; producer-written and consumer-written words on separate cache lines.
+MAGIC: Final = 0
+SLOTS: Final = 1
+CAPACITY: Final = 2
+PRODUCER_PID: Final = 3
+# producer line
+CLOSE_REQUEST: Final = 8  # 1: drain up to FINAL_RSEQ, account up to FINAL_OBS, seal, exit
+FINAL_OBS: Final = 9
+FINAL_RSEQ: Final = 10
+# consumer line
+READ_SEQ: Final = 16
+CONSUMER_SLEEPING: Final = 17
+DURABLE_MARKER_SEQ: Final = 18  # highest marker seq fdatasync'd
+DURABLE_OBS: Final = 19  # every observation up to here is accounted for by durable records
+SIDECAR_STATE: Final = 20
+SIDECAR_ERRNO: Final = 21
+SIDECAR_PID: Final = 22
+GAP_RECORDS: Final = 23  # gap records the sidecar wrote
+GAP_OBSERVATIONS: Final = 24  # observations those gaps cover
+ERROR_TEXT_WORD: Final = 32
+ERROR_TEXT_BYTES: Final = 256
+CONTROL_WORDS: Final = 64
+CONTROL_BYTES: Final = CONTROL_WORDS * 8
+MARKER_MAGIC: Final = 0x524E54504D41524B  # "KRAMPTNR"
+
+STATE_STARTING: Final = 0
+STATE_RUNNING: Final = 1
+STATE_CLOSED: Final = 2
+STATE_FAILED: Final = 3
+
+KIND_OBS: Final = 1
+KIND_STREAM: Final = 2
+KIND_NAME: Final = 3
+
+RECORD: Final = struct.Struct("<QQQQIIQ")
+RECORD_SIZE: Final = RECORD.size  # 48
+NAME_RECORD: Final = struct.Struct("<32sIIQ")
+NAME_CHUNK: Final = 32
+MAX_INSTRUMENT_BYTES: Final = 1024
+RECORD_DTYPE: Final = np.dtype(
+    [
+        ("a", "<u8"),
+        ("b", "<u8"),
+        ("esb", "<u8"),
+        ("obs", "<u8"),
+        ("stream", "<u4"),
+        ("kind", "<u4"),
+        ("rseq", "<u8"),
+    ]
+)
+assert RECORD_DTYPE.itemsize == RECORD_SIZE
+
+CLASS_CODES: Final = {c: i for i, c in enumerate(DataMarkerClass.all())}
+MAX_GAP_RANGES: Final = 1024
+
+
+@dataclass(frozen=True)
+class MarkerGeometry:
+    """``capacity`` records may be in flight; ``slots`` (a power of two) hold them."""
+
+    capacity: int
+    slots: int
+
+    @classmethod
+    def for_capacity(cls, capacity: int) -> MarkerGeometry:
+        return cls(capacity, 1 << max(0, (capacity - 1).bit_length()))
+
+    @property
+    def region_size(self) -> int:
+        return CONTROL_BYTES + self.slots * RECORD_SIZE
+
+
+class MarkerViews:
+    """Typed views of a mapped marker region; both sides build one."""
+
+    def __init__(self, buf: memoryview, geometry: MarkerGeometry) -> None:
+        self.geometry = geometry
+        self.ctrl = buf[:CONTROL_BYTES].cast("Q")
+        self.data = buf[CONTROL_BYTES : geometry.region_size]
+        self.records = np.frombuffer(self.data, dtype=RECORD_DTYPE)
+
+    def init_control(self, producer_pid: int) -> None:
+        self.ctrl[SLOTS] = self.geometry.slots
+        self.ctrl[CAPACITY] = self.geometry.capacity
+        self.ctrl[PRODUCER_PID] = producer_pid
+        self.ctrl[MAGIC] = MARKER_MAGIC
+
+    def error_text(self) -> str:
+        start = ERROR_TEXT_WORD * 8
+        raw = bytes(self.ctrl.cast("B")[start : start + ERROR_TEXT_BYTES])
+        return raw.rstrip(b"\0").decode("utf-8", "replace")
+
+    def set_error_text(self, text: str) -> None:
+        start = ERROR_TEXT_WORD * 8
+        data = text.encode()[: ERROR_TEXT_BYTES - 1].ljust(ERROR_TEXT_BYTES, b"\0")
+        self.ctrl.cast("B")[start : start + ERROR_TEXT_BYTES] = data
+
+    def release(self) -> None:
+        del self.records
+        self.ctrl.release()
+        self.data.release()
+
+
+@dataclass(frozen=True)
+class SidecarArgs:
+    """Everything the spawned sidecar needs; plain values so it pickles."""
+
+    shm_name: str
+    capacity: int
+    run_dir: str
+    run_id: str
+    doorbell: bytes
+    parent_pid: int
+    high_fidelity: tuple[str, ...]
+    safety_flush_s: float
+    segment_max_bytes: int
+    compression_level: int
+    commit_latency_s: float = 0.01
+
+
+def spawn_sidecar(args: SidecarArgs) -> subprocess.Popen[bytes]:
+    """Start the sidecar as a fresh interpreter (``python -m capture.marker_sidecar``), the way
+    the writer is started: no fork of a multi-threaded kernel, arguments pickled over stdin."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "capture.marker_sidecar"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        close_fds=True,
+    )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(pickle.dumps(args))
+        proc.stdin.close()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+class EntrySeq(Protocol):
+    """What the lane reads on every observation: the entry stream's last appended seq."""
+
+    _seq: int
+
+
+@dataclass
+class MarkerStats:
+    """Counters of one lane (one run)."""
+
+    observed: int  # observations numbered (enabled classes)
+    dropped: int  # observations that never reached the sidecar
+    gaps: int  # runs of consecutive dropped observations
+    streams: int
+    failed: bool
+    durable_marker_seq: int
+    durable_obs: int
+
+
+class MarkerLane:
+    """The kernel's end of the data-marker sidecar for one run.
+
+    ``start`` creates the ring and spawns the sidecar; ``observe`` is the hot path;
+    ``close`` drains and seals the marker stream; ``kill`` releases everything at once. When
+    the sidecar dies, the lane turns into a counter of dropped observations and asks the store
+    (``append_entry``, on the kernel thread) to record a ``MarkerLaneFailed`` gap.
+    """
+
+    def __init__(
+        self,
+        config: DataMarkerConfig,
+        entries: EntrySeq,
+        append_entry: Callable[[str, bytes], object],
+    ) -> None:
+        self.config = config
+        self._entries = entries
+        self._append_entry = append_entry
+        self._geometry = MarkerGeometry.for_capacity(config.channel_capacity)
+        self._enabled: dict[object, dict[str, int]] = {}
+        self._class_of: dict[object, DataMarkerClass] = {}
+        self._pack = RECORD.pack_into
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._obs = 0
+        self._rseq = 0
+        self._limit = -1  # forces the slow path, which drops, until started
+        self._smask = self._geometry.slots - 1
+        self._streams = 0
+        self._data: Any = None
+        self._ctrl: Any = None
+        self._bell: Callable[[], None] = _no_bell
+        self._region: SharedRegion | None = None
+        self._views: MarkerViews | None = None
+        self._doorbell: Doorbell | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._monitor: threading.Thread | None = None
+        self._closing = False
+        self._failed = False
+        self._failure_pending = False
+        self._failure_from = 1
+        self._failure_detail = ""
+        self.dropped = 0
+        self.gaps = 0
+        self.gap_ranges: list[tuple[int, int]] = []  # first MAX_GAP_RANGES drops, in order
+        self._last_drop = -1
+        self.durable_marker_seq = 0
+        self.durable_obs = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(
+        self, run_dir: Path, run_id: str, *, segment_max_bytes: int, compression_level: int
+    ) -> None:
+        """Create the ring and spawn the sidecar. A sidecar that cannot start makes the lane
+        fail (recorded, logged) rather than the run."""
+        self._reset()
+        g = self._geometry
+        self._install_classes()
+        try:
+            region = SharedRegion.create(g.region_size, tag="markers")
+        except OSError as exc:
+            self._fail(f"cannot create the marker ring: {exc}")
+            return
+        views = MarkerViews(region.buf, g)
+        views.init_control(os.getpid())
+        address = new_address()
+        self._region, self._views = region, views
+        self._doorbell = Doorbell(address)
+        self._data = views.data
+        self._ctrl = views.ctrl
+        self._bell = self._doorbell.ring
+        args = SidecarArgs(
+            shm_name=region.name,
+            capacity=g.capacity,
+            run_dir=str(run_dir),
+            run_id=run_id,
+            doorbell=address,
+            parent_pid=os.getpid(),
+            high_fidelity=tuple(self.config.high_fidelity),
+            safety_flush_s=self.config.safety_flush_interval.total_seconds(),
+            segment_max_bytes=segment_max_bytes,
+            compression_level=compression_level,
+        )
+        try:
+            process = spawn_sidecar(args)
+        except OSError as exc:
+            self._fail(f"cannot start the marker sidecar: {exc}")
+            return
+        self._process = process
+        self._limit = g.capacity
+        monitor = threading.Thread(
+            target=self._watch, args=(process,), name="ringtape-marker-monitor", daemon=True
+        )
+        self._monitor = monitor
+        monitor.start()
+
+    def _install_classes(self) -> None:
+        """One dict per enabled class, reachable by the enum member and by its name."""
+        self._enabled.clear()
+        self._class_of.clear()
+        for cls in self.config.classes:
+            table: dict[str, int] = {}
+            for key in (cls, cls.value):
+                self._enabled[key] = table
+                self._class_of[key] = cls
+
+    def close(self, timeout: float) -> int:
+        """Seal the marker stream: the sidecar drains the ring, accounts for every observation
+        (a trailing gap for drops at the end), fdatasyncs and exits. Returns the durable
+        marker seq. A sidecar that does not finish in ``timeout`` is killed and recorded as
+        failed. Call on the kernel thread, before the entry stream's last entry."""
+        process = self._process
+        ctrl = self._ctrl
+        if process is not None and ctrl is not None and not self._failed:
+            with self._lock:
+                self._closing = True
+            ctrl[FINAL_OBS] = self._obs
+            ctrl[FINAL_RSEQ] = self._rseq
+            ctrl[CLOSE_REQUEST] = 1
+            self._bell()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if int(ctrl[SIDECAR_STATE]) != STATE_CLOSED:
+                self._fail(_exit_detail(process, self._views))
+        self._refresh_durable()
+        self.report_failure()
+        self._enabled.clear()
+        return self.durable_marker_seq
+
+    def kill(self) -> None:
+        """Stop the sidecar (if running) and release the ring; idempotent."""
+        with self._lock:
+            self._closing = True  # the monitor must not take this exit for a failure
+        self._enabled.clear()
+        self._limit = -1
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+        if process is not None:
+            process.wait()
+        monitor = self._monitor
+        if monitor is not None and monitor is not threading.current_thread():
+            monitor.join(1.0)
+        self._refresh_durable()
+        self._data = None
+        self._ctrl = None
+        self._bell = _no_bell
+        if self._doorbell is not None:
+            self._doorbell.close()
+            self._doorbell = None
+        if self._views is not None:
+            self._views.release()
+            self._views = None
+        if self._region is not None:
+            self._region.close()
+            unlink_name(self._region.name)  # normally gone: the sidecar unlinks on attach
+            self._region = None
+        self._process = None
+
+    def _refresh_durable(self) -> None:
+        ctrl = self._ctrl
+        if ctrl is not None:
+            self.durable_marker_seq = int(ctrl[DURABLE_MARKER_SEQ])
+            self.durable_obs = int(ctrl[DURABLE_OBS])
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    @property
+    def sidecar_pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def stats(self) -> MarkerStats:
+        self._refresh_durable()
+        return MarkerStats(
+            self._obs,
+            self.dropped,
+            self.gaps,
+            self._streams,
+            self._failed,
+            self.durable_marker_seq,
+            self.durable_obs,
+        )
+
+    # -- failure ----------------------------------------------------------------------------
+
+    def _watch(self, process: subprocess.Popen[bytes]) -> None:
+        """Wait for the sidecar to exit; an exit nobody asked for fails the lane."""
+        process.wait()
+        with self._lock:
+            if self._process is not process or self._closing:
+                return
+        self._fail(_exit_detail(process, self._views))
+
+    def _fail(self, detail: str) -> None:
+        """Turn the lane into a drop counter; the gap is recorded by ``report_failure``."""
+        with self._lock:
+            if self._failed:
+                return
+            self._failed = True
+            self._limit = -1  # every later observation takes the slow path, which drops
+            self._refresh_durable()
+            self._failure_from = self.durable_obs + 1
+            self._failure_detail = detail
+            self._failure_pending = True
+        log.error(
+            "data-marker lane failed (%s); observations from %d on are not recorded",
+            detail,
+            self._failure_from,
+        )
+
+    def report_failure(self) -> None:
+        """Append the pending ``MarkerLaneFailed`` entry (kernel thread only)."""
+        with self._lock:
+            if not self._failure_pending:
+                return
+            self._failure_pending = False
+        payload = gap_body(
+            self._failure_from,
+            None,
+            GAP_WRITER_CLOSED,
+            self._entries._seq,
+            marker_high_watermark=self.durable_marker_seq,
+            detail=self._failure_detail,
+        )
+        try:
+            self._append_entry(TOPIC_MARKER_LANE_FAILED, payload)
+        except Exception:  # a halted or closed store: the failure is in the log only
+            log.exception("could not record the marker lane failure in the entry stream")
+
+    # -- the hot path -----------------------------------------------------------------------
+
+    def observe(
+        self, data_class: DataMarkerClass | str, instrument_id: str, ts_event: int, ts_init: int
+    ) -> None:
+        """Record that one market-data message was seen (see the module rules)."""
+        table = self._enabled.get(data_class)
+        if table is None:
+            return  # class not enabled (or no run open)
+        obs = self._obs + 1
+        self._obs = obs
+        stream = table.get(instrument_id)
+        if stream is None:
+            stream = self._new_stream(table, data_class, instrument_id, obs)
+            if stream < 0:
+                return
+        rseq = self._rseq + 1
+        if rseq > self._limit and not self._room(rseq, obs):
+            return
+        self._pack(
+            self._data,
+            (rseq & self._smask) * RECORD_SIZE,
+            ts_event,
+            ts_init,
+            self._entries._seq,
+            obs,
+            stream,
+            KIND_OBS,
+            rseq,
+        )
+        self._rseq = rseq
+        if self._ctrl[CONSUMER_SLEEPING]:
+            self._bell()
+
+    def _room(self, last_rseq: int, obs: int) -> bool:
+        """The slow path: refresh the free space; no room (or a failed lane) drops ``obs``."""
+        if not self._failed and self._ctrl is not None:
+            self._limit = int(self._ctrl[READ_SEQ]) + self._geometry.capacity
+            if last_rseq <= self._limit:
+                return True
+        self.dropped += 1
+        if obs != self._last_drop + 1:
+            self.gaps += 1
+            if len(self.gap_ranges) < MAX_GAP_RANGES:
+                self.gap_ranges.append((obs, obs))
+        elif self.gap_ranges and self.gap_ranges[-1][1] == obs - 1:
+            self.gap_ranges[-1] = (self.gap_ranges[-1][0], obs)
+        self._last_drop = obs
+        if self._failure_pending:
+            self.report_failure()
+        return False
+
+    def _new_stream(
+        self, table: dict[str, int], data_class: object, instrument_id: str, obs: int
+    ) -> int:
+        """Define a stream: its name chunks, then its header, all or nothing. -1: dropped."""
+        name = str(instrument_id).encode()
+        if len(name) > MAX_INSTRUMENT_BYTES:
+            raise ValueError(
+                f"instrument id of {len(name)} bytes is over the {MAX_INSTRUMENT_BYTES}-byte limit"
+            )
+        chunks = [name[i : i + NAME_CHUNK] for i in range(0, len(name), NAME_CHUNK)]
+        first = self._rseq + 1
+        last = first + len(chunks)
+        if last > self._limit and not self._room(last, obs):
+            return -1
+        stream = self._streams
+        data = self._data
+        rseq = first
+        for chunk in chunks:
+            off = (rseq & self._smask) * RECORD_SIZE
+            NAME_RECORD.pack_into(data, off, chunk, stream, KIND_NAME, rseq)
+            rseq += 1
+        code = CLASS_CODES[self._class_of[data_class]]
+        off = (rseq & self._smask) * RECORD_SIZE
+        self._pack(data, off, code, len(name), self._entries._seq, 0, stream, KIND_STREAM, rseq)
+        self._rseq = rseq
+        self._streams = stream + 1
+        table[instrument_id] = stream
+        return stream
+
+
+def _exit_detail(process: subprocess.Popen[bytes], views: MarkerViews | None) -> str:
+    text = ""
+    if views is not None:
+        try:
+            text = views.error_text()
+        except ValueError:  # views released meanwhile
+            text = ""
+    code = process.returncode
+    return text or f"sidecar process exited unexpectedly (code {code})"
+
+
+def _no_bell() -> None:
+    return None
