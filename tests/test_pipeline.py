@@ -34,9 +34,10 @@ COMPONENTS = RegisteredComponents(strategies={"EMACross-001": "ab12"}, subscript
 
 @pytest.fixture(autouse=True)
 def no_leaked_shm() -> Iterator[None]:
-    before = shm_names()
+    # Only regions this test process created count (names carry the creator's pid).
+    before = shm_names(os.getpid())
     yield
-    leaked = shm_names() - before
+    leaked = shm_names(os.getpid()) - before
     for name in leaked:
         os.unlink(f"/dev/shm/{name}")
     assert not leaked, f"shared memory left behind: {leaked}"
