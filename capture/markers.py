@@ -134,6 +134,7 @@ class MarkerViews:
         self.ctrl = buf[:CONTROL_BYTES].cast("Q")
         self.data = buf[CONTROL_BYTES : geometry.region_size]
         self.records = np.frombuffer(self.data, dtype=RECORD_DTYPE)
+        self.rseq = self.records["rseq"]  # the commit words
 
     def init_control(self, producer_pid: int) -> None:
         self.ctrl[SLOTS] = self.geometry.slots
@@ -152,7 +153,7 @@ class MarkerViews:
         self.ctrl.cast("B")[start : start + ERROR_TEXT_BYTES] = data
 
     def release(self) -> None:
-        del self.records
+        del self.records, self.rseq
         self.ctrl.release()
         self.data.release()
 
@@ -277,19 +278,18 @@ class MarkerLane:
         fail (recorded, logged) rather than the run."""
         self._reset()
         g = self._geometry
-        self._install_classes()
         try:
             region = SharedRegion.create(g.region_size, tag="markers")
         except OSError as exc:
+            self._install_classes()
             self._fail(f"cannot create the marker ring: {exc}")
             return
+        self._region = region
         views = MarkerViews(region.buf, g)
         views.init_control(os.getpid())
+        self.bind(views)
         address = new_address()
-        self._region, self._views = region, views
         self._doorbell = Doorbell(address)
-        self._data = views.data
-        self._ctrl = views.ctrl
         self._bell = self._doorbell.ring
         args = SidecarArgs(
             shm_name=region.name,
@@ -309,12 +309,23 @@ class MarkerLane:
             self._fail(f"cannot start the marker sidecar: {exc}")
             return
         self._process = process
-        self._limit = g.capacity
         monitor = threading.Thread(
             target=self._watch, args=(process,), name="ringtape-marker-monitor", daemon=True
         )
         self._monitor = monitor
         monitor.start()
+
+    def bind(self, views: MarkerViews) -> None:
+        """Produce into the mapped ring ``views`` from its current ``READ_SEQ``. ``start`` calls
+        it; tests and benchmarks call it to drive the consumer side in process, no sidecar."""
+        if views.geometry != self._geometry:
+            raise ValueError(f"ring geometry {views.geometry} != the lane's {self._geometry}")
+        self._views = views
+        self._data = views.data
+        self._ctrl = views.ctrl
+        self._rseq = int(views.ctrl[READ_SEQ])
+        self._limit = self._rseq + self._geometry.capacity
+        self._install_classes()
 
     def _install_classes(self) -> None:
         """One dict per enabled class, reachable by the enum member and by its name."""
@@ -373,13 +384,13 @@ class MarkerLane:
         if self._doorbell is not None:
             self._doorbell.close()
             self._doorbell = None
-        if self._views is not None:
-            self._views.release()
-            self._views = None
-        if self._region is not None:
-            self._region.close()
-            unlink_name(self._region.name)  # normally gone: the sidecar unlinks on attach
-            self._region = None
+        views, self._views = self._views, None
+        region, self._region = self._region, None
+        if region is not None:  # created by start(); a ring given to bind() is the caller's
+            if views is not None:
+                views.release()
+            region.close()
+            unlink_name(region.name)  # normally gone: the sidecar unlinks on attach
         self._process = None
 
     def _refresh_durable(self) -> None:
@@ -391,6 +402,11 @@ class MarkerLane:
     @property
     def failed(self) -> bool:
         return self._failed
+
+    def in_flight(self) -> int:
+        """Ring records published and not yet taken by the sidecar."""
+        ctrl = self._ctrl
+        return 0 if ctrl is None else self._rseq - int(ctrl[READ_SEQ])
 
     @property
     def sidecar_pid(self) -> int | None:

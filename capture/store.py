@@ -29,19 +29,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
+from capture.cache import Cache
+from capture.config import DataMarkerClass, EventStoreConfig, RegisteredComponents
 from capture.config import Environment as Environment
-from capture.config import EventStoreConfig, RegisteredComponents
 from capture.doorbell import Doorbell, new_address
 from capture.errors import (
     DISK_ERRNOS,
     AnchorRefused,
     EntryTooLarge,
     HaltReason,
+    ReplayError,
     RunStartedTimeout,
     StoreHalted,
     StoreNotOpen,
 )
 from capture.faults import FaultPlan
+from capture.markers import MarkerLane
 from capture.retention_supervisor import spawn_supervisor
 from capture.ring import (
     CLOSE_REQUEST,
@@ -69,10 +72,13 @@ from storage.entry import (
     TOPIC_SNAPSHOT_ANCHOR,
     encode_entry,
 )
-from storage.layout import RunPaths, new_run_id
+from storage.layout import RunPaths, inside, new_run_id
 from storage.manifest import Manifest, write_manifest
+from storage.reader import CorruptionError
+from storage.replay import ReplayResult, ReplaySourceError, replay_run
 from storage.segment_writer import DEFAULT_SEGMENT_BYTES
 from storage.status import RunStatus
+from storage.sweep import SweepReport, sweep_instance
 
 log = logging.getLogger("ringtape.store")
 
@@ -178,11 +184,49 @@ class EventStore:
         self._final_durable = 0
         self._last_anchor = 0
         self._supervisor: subprocess.Popen[bytes] | None = None
-        self._recovered_parent: str | None = None
+        self._markers: MarkerLane | None = None
+        self._swept: set[uuid.UUID] = set()
+        self.last_sweep: SweepReport | None = None
+        self.last_replay: ReplayResult | None = None
         self._reset_producer()
         remove_orphans()
+        if self._instance_id is not None:
+            self._boot_sweep(self._instance_id)
 
     # -- the seam -------------------------------------------------------------------------
+
+    def restore_parent_cache(self, instance_id: uuid.UUID | str, cache: Cache) -> None:
+        """Restore ``cache`` from the replay source, or from the run the boot sweep recovered.
+
+        The source is ``config.replay_from_run_id`` when set (it must be sealed and not
+        quarantined, else ``ReplayError``), otherwise the newest run the boot sweep recovered
+        (if that one cannot be replayed — quarantined, say — the error is logged and the cache
+        is left as it is). The newest valid anchor's snapshot is restored, then the entries
+        after it are applied in seq order, every frame verified. Never publishes anything.
+        """
+        iid = _as_uuid(instance_id, "instance_id")
+        base_dir = self.config.require_base_dir()
+        self._boot_sweep(iid)
+        configured = self.config.replay_from_run_id
+        source = configured or self._parent_run_id
+        if source is None:
+            return
+        try:
+            run_dir = inside(base_dir / str(iid), source)
+            self.last_replay = replay_run(run_dir, cache)
+        except (ReplaySourceError, ValueError) as exc:
+            if configured is not None:
+                raise ReplayError(str(exc)) from None
+            log.error("not restoring from recovered run %s: %s", source, exc)
+        except CorruptionError as exc:
+            raise ReplayError(f"replay of {source} stopped at damage: {exc}") from None
+        else:
+            log.info(
+                "restored cache from %s: anchor %s, %d entries applied",
+                source,
+                self.last_replay.anchor.high_watermark if self.last_replay.anchor else "none",
+                self.last_replay.applied,
+            )
 
     def open(
         self,
@@ -202,6 +246,7 @@ class EventStore:
                 raise ValueError(f"a run of instance {self._instance_id} is open; seal it first")
             return
         base_dir = self.config.require_base_dir()
+        self._boot_sweep(iid)
         self._instance_id = iid
         self._last_anchor = 0
         self._halted = False
@@ -285,6 +330,21 @@ class EventStore:
             self._bell()
         return seq
 
+    def observe_data(
+        self, data_class: DataMarkerClass | str, instrument_id: str, ts_event: int, ts_init: int
+    ) -> None:
+        """Note that a market-data message was seen (``config.data_markers``); never blocks.
+
+        A no-op while no run is open or markers are off. While a run with markers is open this
+        name is bound to the lane's ``MarkerLane.observe`` (one call less on the hot path):
+        call it on the thread that appends.
+        """
+        return None
+
+    def marker_lane(self) -> MarkerLane | None:
+        """The open run's data-marker lane (``None`` without ``config.data_markers``)."""
+        return self._markers
+
     def durable_seq(self) -> int:
         """The highest seq that is fdatasync'd (0: nothing yet). A shared-memory read."""
         ctrl = self._ctrl
@@ -303,6 +363,9 @@ class EventStore:
             self._teardown(kill=True)
             return
         ts = self._now() if ts_init is None else ts_init
+        markers = self._markers
+        if markers is not None:  # seal the marker stream first: its failure goes before RunEnded
+            session.manifest.marker_high_watermark = markers.close(self.options.seal_timeout_s)
         try:
             last = self.append(TOPIC_RUN_ENDED, b"", ts_init=ts)
         except StoreHalted:
@@ -473,6 +536,16 @@ class EventStore:
             self._bell()
         return seq
 
+    def _boot_sweep(self, iid: uuid.UUID) -> None:
+        """Recover the instance's runs left open by dead writers, once per instance."""
+        if iid in self._swept or not self.options.recover_on_boot or not self.config.base_dir:
+            return
+        self._swept.add(iid)
+        report = sweep_instance(Path(self.config.base_dir) / str(iid))
+        self.last_sweep = report
+        if report.newest_recovered is not None and self.config.replay_from_run_id is None:
+            self._parent_run_id = report.newest_recovered
+
     def _halted_error(self) -> StoreHalted:
         return StoreHalted(self._halt_reason or HaltReason("Halted", "the store halted"))
 
@@ -570,6 +643,19 @@ class EventStore:
         )
         session.monitor = monitor
         monitor.start()
+        if self.config.data_markers is not None:
+            lane = MarkerLane(self.config.data_markers, self, self._append_marker_failure)
+            self._markers = lane
+            lane.start(
+                paths.run_dir,
+                paths.run_id,
+                segment_max_bytes=self.options.segment_max_bytes,
+                compression_level=self.options.compression_level,
+            )
+            self.observe_data = lane.observe  # type: ignore[method-assign]
+
+    def _append_marker_failure(self, topic: str, payload: bytes) -> object:
+        return self.append(topic, payload, payload_type="json")
 
     def _monitor(self, session: _Session) -> None:
         """Wait for the writer to exit; an exit nobody asked for halts the store."""
@@ -624,6 +710,10 @@ class EventStore:
                 return
             self._open = False
             self._session = None
+        markers, self._markers = self._markers, None
+        if markers is not None:
+            self.__dict__.pop("observe_data", None)  # back to the no-op method
+            markers.kill()
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
             supervisor.terminate()

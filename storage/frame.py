@@ -53,6 +53,10 @@ class FormatError(ValueError):
     """Bytes that are not a valid header or frame; the message says what and where."""
 
 
+class ChecksumError(FormatError):
+    """A header whose stored checksum does not match its bytes (damaged, torn or not a header)."""
+
+
 class SegmentHeader(NamedTuple):
     stream_kind: int
     segment_index: int
@@ -94,11 +98,11 @@ def decode_segment_header(data: bytes | memoryview) -> SegmentHeader:
     body = bytes(data[: SEGMENT_HEADER.size])
     magic, version, kind, index, first_seq, prev_link, created, rid = SEGMENT_HEADER.unpack(body)
     if magic != SEGMENT_MAGIC:
-        raise FormatError(f"not a ringtape segment (magic {magic!r})")
+        raise ChecksumError(f"not a ringtape segment (magic {magic!r})")
     (stored,) = _U64.unpack_from(data, SEGMENT_HEADER.size)
     actual = checksum(body)
     if stored != actual:
-        raise FormatError(f"segment header checksum {stored:#018x} != computed {actual:#018x}")
+        raise ChecksumError(f"segment header checksum {stored:#018x} != computed {actual:#018x}")
     if version != FORMAT_VERSION:
         raise FormatError(f"format version {version} is not supported (this reader: 1)")
     if kind not in STREAM_NAMES:
@@ -163,15 +167,15 @@ def encode_frame_header(
 
 def decode_frame_header(data: bytes | memoryview, offset: int = 0) -> FrameHeader:
     """Parse and check the 56-byte frame header at ``offset`` (bounds included)."""
-    if len(data) - offset < FRAME_HEADER_SIZE:
+    if offset < 0 or len(data) - offset < FRAME_HEADER_SIZE:
         raise FormatError("frame header is cut short")
-    body = bytes(data[offset : offset + FRAME_HEADER.size])
+    view = memoryview(data)[offset : offset + FRAME_HEADER.size]
     (stored,) = _U64.unpack_from(data, offset + FRAME_HEADER.size)
-    actual = checksum(body)
+    actual = checksum(view)
     if stored != actual:
-        raise FormatError(f"frame header checksum {stored:#018x} != computed {actual:#018x}")
+        raise ChecksumError(f"frame header checksum {stored:#018x} != computed {actual:#018x}")
     magic, codec, flags, res16, count, raw_len, stored_len, res32, first_seq, prev, data_sum = (
-        FRAME_HEADER.unpack(body)
+        FRAME_HEADER.unpack(view)
     )
     if magic != FRAME_MAGIC:
         raise FormatError(f"frame magic is {magic!r}, expected {FRAME_MAGIC!r}")
@@ -231,7 +235,11 @@ class FrameDecoder:
                 f"zstd content size {params.content_size} != frame raw length {header.raw_len}"
             )
         try:
-            body = self._zstd.decompress(stored, max_output_size=header.raw_len)
+            # Trailing bytes after the zstd frame are refused, not ignored: every stored byte
+            # must be part of the one frame the header describes.
+            body = self._zstd.decompress(
+                stored, max_output_size=header.raw_len, allow_extra_data=False
+            )
         except zstandard.ZstdError as exc:
             raise FormatError(f"zstd decompression failed: {exc}") from None
         if len(body) != header.raw_len:

@@ -18,6 +18,7 @@ from typing import Final
 
 MANIFEST_NAME: Final = "manifest.json"
 LOCK_NAME: Final = "writer.lock"
+MARKER_LOCK_NAME: Final = "markers.lock"  # held by the data-marker sidecar
 BLOB_DIR: Final = "blobs"
 TRASH_DIR: Final = ".trash"
 TORN_SUFFIX: Final = ".torn"

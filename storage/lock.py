@@ -28,8 +28,9 @@ class WriterLock:
         self.path = path
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> WriterLock:
-        path = run_dir / LOCK_NAME
+    def acquire(cls, run_dir: Path, name: str = LOCK_NAME) -> WriterLock:
+        """Lock ``run_dir/name`` (the marker sidecar passes ``MARKER_LOCK_NAME``)."""
+        path = run_dir / name
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -46,10 +47,10 @@ class WriterLock:
             self._fd = -1
 
 
-def writer_alive(run_dir: Path) -> bool:
-    """True when a live process holds the run's writer lock (no lock file: not alive)."""
+def writer_alive(run_dir: Path, name: str = LOCK_NAME) -> bool:
+    """True when a live process holds the run's lock ``name`` (no lock file: not alive)."""
     try:
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(run_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:

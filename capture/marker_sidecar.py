@@ -1,0 +1,425 @@
+"""The data-marker sidecar process: folds the marker ring into cursors and writes marker segments.
+
+Loop, top to bottom:
+
+1. Take what the kernel published (validated by each record's ``rseq``, see capture/markers.py)
+   and free it at once. Nothing new: idle through the wait strategy, but never past the next
+   deadline (safety flush, commit), so a timer fires even when no message arrives.
+2. Fold it (:class:`MarkerFolder`, no I/O): one cursor per (class, instrument) stream, a
+   ``marker.cursor`` snapshot of the advanced cursors whenever ``event_seq_before`` moves (an
+   entry was appended since), one ``marker.hifi`` per message of a high-fidelity instrument, a
+   ``marker.stream`` dictionary record per new stream, a ``marker.gap`` where observation
+   numbers jump (the kernel dropped them on a full ring).
+3. When data advanced but no snapshot was written for ``safety_flush_interval``: snapshot.
+4. Commit (at most every ``commit_latency_s``, or when much is waiting): frames to the marker
+   segments, one fdatasync, then publish ``DURABLE_MARKER_SEQ``/``DURABLE_OBS``.
+5. On the kernel's close request: drain up to ``FINAL_RSEQ``, a last snapshot, a trailing gap
+   for drops after the last delivered observation, commit, ``CLOSED``. When the kernel process
+   is gone: the same without the trailing gap; the run stays for the recovery sweep.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import xxhash
+
+from capture.config import DataMarkerClass
+from capture.doorbell import DoorbellListener
+from capture.markers import (
+    CLOSE_REQUEST,
+    CONSUMER_SLEEPING,
+    DURABLE_MARKER_SEQ,
+    DURABLE_OBS,
+    FINAL_OBS,
+    FINAL_RSEQ,
+    GAP_OBSERVATIONS,
+    GAP_RECORDS,
+    KIND_NAME,
+    KIND_OBS,
+    KIND_STREAM,
+    NAME_CHUNK,
+    READ_SEQ,
+    SIDECAR_ERRNO,
+    SIDECAR_PID,
+    SIDECAR_STATE,
+    STATE_CLOSED,
+    STATE_FAILED,
+    STATE_RUNNING,
+    MarkerGeometry,
+    MarkerViews,
+    SidecarArgs,
+)
+from capture.shm import SharedRegion
+from capture.wait import BackoffWait
+from storage.frame import STREAM_MARKERS
+from storage.layout import MARKER_LOCK_NAME
+from storage.lock import WriterLock
+from storage.markers import (
+    GAP_OVERFLOW,
+    MARKER_STREAM,
+    REASON_BOUNDARY,
+    REASON_CLOSE,
+    REASON_SAFETY_FLUSH,
+    encode_cursor,
+    encode_gap,
+    encode_hifi,
+    encode_stream,
+    stream_prefix,
+)
+from storage.segment_writer import SegmentWriter
+
+MAX_TAKE: Final = 8192
+FRAME_RECORDS: Final = 4096
+COMMIT_RECORDS: Final = 16384
+IDLE_SLEEP_S: Final = 0.05
+
+EXIT_OK: Final = 0
+EXIT_ATTACH_FAILED: Final = 2
+EXIT_DISK_ERROR: Final = 3
+EXIT_INTERNAL_ERROR: Final = 4
+
+CLASS_NAMES: Final = [c.value for c in DataMarkerClass.all()]
+_QUAD: Final = struct.Struct("<QQQQ")
+_TS_PAIR: Final = struct.Struct("<QQ")
+
+
+class ProtocolError(RuntimeError):
+    """The ring holds something the kernel side never writes."""
+
+
+class MarkerFolder:
+    """Ring records in, marker entry records out (bytes, numbered from 1); no I/O.
+
+    ``accounted`` is the highest observation number such that every observation up to it is in
+    a record already produced (a cursor snapshot, or a gap): what ``DURABLE_OBS`` publishes.
+    """
+
+    def __init__(self, high_fidelity: Iterable[str]) -> None:
+        self.hifi_names = frozenset(high_fidelity)
+        self.next_seq = 1
+        self.out: list[bytes] = []
+        self.out_first_seq = 1
+        self.count: list[int] = []
+        self.hi: list[int] = []
+        self.ordinal: list[int] = []
+        self.hifi: list[bool] = []
+        self.prefix: list[bytes] = []
+        self.dirty: dict[int, None] = {}  # streams advanced since the last snapshot, in order
+        self.dirty_since = 0.0
+        self.last_obs = 0
+        self.esb = 0
+        self.ts_init = 0
+        self.accounted = 0
+        self.chunks: list[bytes] = []
+        self.gap_records = 0
+        self.gap_observations = 0
+        self.snapshots = 0
+
+    def feed(self, rows: npt.NDArray[np.void], now: float) -> None:
+        """Fold one batch of ring records (a structured array of ``RECORD_DTYPE``)."""
+        count, hi, ordinal, hifi, dirty, out = (
+            self.count,
+            self.hi,
+            self.ordinal,
+            self.hifi,
+            self.dirty,
+            self.out,
+        )
+        columns = (rows[k].tolist() for k in ("a", "b", "esb", "obs", "stream", "kind"))
+        for a, b, esb, obs, stream, kind in zip(*columns, strict=True):
+            if kind != KIND_OBS:
+                self._control_record(a, b, esb, obs, stream, kind)
+                continue
+            if stream >= len(count):
+                raise ProtocolError(f"observation {obs} names undefined stream {stream}")
+            if esb != self.esb:
+                if esb < self.esb:
+                    raise ProtocolError(f"event_seq_before goes back from {self.esb} to {esb}")
+                if dirty:
+                    self.snapshot(REASON_BOUNDARY)
+            if obs != self.last_obs + 1:
+                if obs <= self.last_obs:
+                    raise ProtocolError(f"observation {obs} after {self.last_obs}")
+                self.gap(self.last_obs + 1, obs - 1, GAP_OVERFLOW)
+            self.esb = esb
+            self.last_obs = obs
+            self.ts_init = b
+            count[stream] += 1
+            h = hi[stream]
+            if b > h:
+                hi[stream] = b
+                ordinal[stream] = 0
+            elif b == h:
+                ordinal[stream] += 1
+            if not dirty:
+                self.dirty_since = now
+            dirty[stream] = None
+            if hifi[stream]:
+                fp = xxhash.xxh3_64_intdigest(self.prefix[stream] + _TS_PAIR.pack(a, b))
+                out.append(encode_hifi(self.next_seq, b, obs, esb, stream, ordinal[stream], a, fp))
+                self.next_seq += 1
+
+    def _control_record(self, a: int, b: int, esb: int, obs: int, stream: int, kind: int) -> None:
+        if kind == KIND_NAME:
+            self.chunks.append(_QUAD.pack(a, b, esb, obs))
+            return
+        if kind != KIND_STREAM:
+            raise ProtocolError(f"unknown ring record kind {kind}")
+        name = b"".join(self.chunks)
+        self.chunks.clear()
+        if (
+            stream != len(self.count)
+            or a >= len(CLASS_NAMES)
+            or not 0 <= len(name) - b < NAME_CHUNK
+        ):
+            raise ProtocolError(f"stream definition {stream} (class {a}, {b} bytes) is invalid")
+        instrument = name[:b].decode()
+        data_class = CLASS_NAMES[a]
+        hifi = instrument in self.hifi_names
+        self.count.append(0)
+        self.hi.append(0)
+        self.ordinal.append(0)
+        self.hifi.append(hifi)
+        self.prefix.append(stream_prefix(data_class, instrument))
+        self.out.append(
+            encode_stream(self.next_seq, self.ts_init, stream, data_class, instrument, hifi)
+        )
+        self.next_seq += 1
+
+    def snapshot(self, reason: int) -> None:
+        """A ``marker.cursor`` record of the streams advanced since the last one."""
+        if not self.dirty:
+            return
+        count, hi, ordinal = self.count, self.hi, self.ordinal
+        items = [(s, ordinal[s], count[s], hi[s]) for s in self.dirty]
+        self.out.append(
+            encode_cursor(self.next_seq, self.ts_init, self.last_obs, self.esb, reason, items)
+        )
+        self.next_seq += 1
+        self.snapshots += 1
+        self.dirty.clear()
+        self.accounted = self.last_obs
+
+    def gap(self, obs_from: int, obs_to: int, reason: str) -> None:
+        self.out.append(encode_gap(self.next_seq, self.ts_init, obs_from, obs_to, reason, self.esb))
+        self.next_seq += 1
+        self.gap_records += 1
+        self.gap_observations += obs_to - obs_from + 1
+        self.last_obs = obs_to
+        if not self.dirty:
+            self.accounted = obs_to
+
+    def finish(self, final_obs: int | None) -> None:
+        """The end of the stream: a last snapshot, and a gap for drops after the last record."""
+        self.snapshot(REASON_CLOSE)
+        if final_obs is not None and final_obs > self.last_obs:
+            self.gap(self.last_obs + 1, final_obs, GAP_OVERFLOW)
+
+    def take_output(self) -> tuple[list[bytes], int]:
+        """The records produced since the last call and the marker seq of the first."""
+        out, first = self.out, self.out_first_seq
+        self.out = []
+        self.out_first_seq = self.next_seq
+        return out, first
+
+
+class MarkerRingReader:
+    """The consumer's side of the marker ring: validated bulk takes (see capture/markers.py)."""
+
+    def __init__(self, views: MarkerViews) -> None:
+        self.v = views
+        g = views.geometry
+        self.smask = g.slots - 1
+        self.mask = np.uint64(g.slots - 1)
+        self.max_take = min(MAX_TAKE, g.capacity)
+        self.read = int(views.ctrl[READ_SEQ])
+
+    def has_next(self) -> bool:
+        nxt = self.read + 1
+        return int(self.v.rseq[nxt & self.smask]) == nxt
+
+    def take(self) -> npt.NDArray[np.void] | None:
+        """Copy out the published records after ``read`` and free their slots."""
+        if not self.has_next():
+            return None
+        window = min(256, self.max_take)
+        while True:  # widen the look-ahead geometrically while everything in it is published
+            first = self.read + 1
+            seqs = np.arange(first, first + window, dtype=np.uint64)
+            idx = (seqs & self.mask).astype(np.intp)
+            ok = self.v.rseq[idx] == seqs  # the commit words first, then the bodies
+            n = window if bool(ok.all()) else int(np.argmin(ok))
+            if n < window or window == self.max_take:
+                break
+            window = min(self.max_take, window * 4)
+        rows = self.v.records[idx[:n]]
+        if not bool(np.all(rows["rseq"] == seqs[:n])):
+            raise ProtocolError(f"ring records after {self.read} changed while being read")
+        self.read += n
+        self.v.ctrl[READ_SEQ] = self.read
+        return rows
+
+
+class SidecarLoop:
+    def __init__(
+        self,
+        args: SidecarArgs,
+        views: MarkerViews,
+        segments: SegmentWriter,
+        doorbell: DoorbellListener,
+    ) -> None:
+        self.args = args
+        self.ctrl = views.ctrl
+        self.ring = MarkerRingReader(views)
+        self.segments = segments
+        self.doorbell = doorbell
+        self.folder = MarkerFolder(args.high_fidelity)
+        self.wait = BackoffWait(self._sleep, sleep_timeout=IDLE_SLEEP_S)
+        self.out_since = 0.0
+        self.stop_requested = False
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    def deadline(self) -> float | None:
+        """The next moment something must happen without a new message (flush, commit)."""
+        d: float | None = None
+        if self.folder.dirty:
+            d = self.folder.dirty_since + self.args.safety_flush_s
+        if self.folder.out:
+            c = self.out_since + self.args.commit_latency_s
+            d = c if d is None else min(d, c)
+        return d
+
+    def _sleep(self, timeout: float) -> None:
+        ctrl = self.ctrl
+        d = self.deadline()
+        if d is not None:
+            timeout = min(timeout, max(0.0, d - time.monotonic()))
+        ctrl[CONSUMER_SLEEPING] = 1
+        # Re-check after announcing sleep: a record published just before would get no bell.
+        if timeout > 0 and not self.ring.has_next() and not ctrl[CLOSE_REQUEST]:
+            self.doorbell.wait(timeout)
+        ctrl[CONSUMER_SLEEPING] = 0
+
+    def parent_gone(self) -> bool:
+        return self.stop_requested or os.getppid() != self.args.parent_pid
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        ctrl = self.ctrl
+        folder = self.folder
+        streak = 0
+        while True:
+            rows = self.ring.take()
+            now = time.monotonic()
+            if rows is not None:
+                if not folder.out:
+                    self.out_since = now
+                folder.feed(rows, now)
+            if folder.dirty and now - folder.dirty_since >= self.args.safety_flush_s:
+                if not folder.out:
+                    self.out_since = now
+                folder.snapshot(REASON_SAFETY_FLUSH)
+            if folder.out and (
+                len(folder.out) >= COMMIT_RECORDS
+                or now - self.out_since >= self.args.commit_latency_s
+            ):
+                self.commit()
+            if rows is not None:
+                streak = 0
+                continue
+            if ctrl[CLOSE_REQUEST] and self.ring.read >= int(ctrl[FINAL_RSEQ]):
+                folder.finish(int(ctrl[FINAL_OBS]))
+                self.commit()
+                ctrl[SIDECAR_STATE] = STATE_CLOSED
+                return
+            if self.parent_gone():
+                folder.finish(None)  # unknown: what the kernel dropped at the end is lost
+                self.commit()
+                return
+            streak += 1
+            self.wait.idle(streak)
+
+    def commit(self) -> None:
+        """Frames for everything produced, one fdatasync, then publish the durable marks."""
+        records, first_seq = self.folder.take_output()
+        accounted = self.folder.accounted
+        if records:
+            for i in range(0, len(records), FRAME_RECORDS):
+                chunk = records[i : i + FRAME_RECORDS]
+                lengths = np.fromiter((len(r) for r in chunk), np.int64, len(chunk))
+                offsets = np.cumsum(lengths) - lengths
+                self.segments.append(b"".join(chunk), offsets, first_seq + i)
+            self.segments.sync()
+            self.ctrl[DURABLE_MARKER_SEQ] = first_seq + len(records) - 1
+        self.ctrl[DURABLE_OBS] = accounted
+        self.ctrl[GAP_RECORDS] = self.folder.gap_records
+        self.ctrl[GAP_OBSERVATIONS] = self.folder.gap_observations
+
+
+def _report_failure(views: MarkerViews, err: int, text: str) -> None:
+    views.set_error_text(text)
+    views.ctrl[SIDECAR_ERRNO] = err
+    views.ctrl[SIDECAR_STATE] = STATE_FAILED
+
+
+def sidecar_main(args: SidecarArgs) -> None:
+    """Entry point of the spawned sidecar process."""
+    try:
+        region = SharedRegion.attach(args.shm_name)
+    except OSError as exc:
+        print(f"ringtape marker sidecar: cannot attach {args.shm_name}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_ATTACH_FAILED)
+    views = MarkerViews(region.buf, MarkerGeometry.for_capacity(args.capacity))
+    views.ctrl[SIDECAR_PID] = os.getpid()
+    code = EXIT_OK
+    try:
+        run_dir = Path(args.run_dir)
+        lock = WriterLock.acquire(run_dir, MARKER_LOCK_NAME)
+        doorbell = DoorbellListener(args.doorbell)
+        segments = SegmentWriter(
+            run_dir,
+            args.run_id,
+            MARKER_STREAM,
+            STREAM_MARKERS,
+            max_segment_bytes=args.segment_max_bytes,
+            compression_level=args.compression_level,
+        )
+        loop = SidecarLoop(args, views, segments, doorbell)
+
+        def on_term(signum: int, frame: object) -> None:
+            loop.stop_requested = True
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel decides; Ctrl-C reaches it
+        views.ctrl[SIDECAR_STATE] = STATE_RUNNING
+        loop.run()
+        segments.close()
+        doorbell.close()
+        lock.release()
+    except OSError as exc:
+        _report_failure(views, exc.errno or 0, f"{exc.strerror or exc} ({exc.filename or ''})")
+        code = EXIT_DISK_ERROR
+    except Exception as exc:  # the kernel must learn why its sidecar stopped
+        _report_failure(views, 0, f"{type(exc).__name__}: {exc}")
+        code = EXIT_INTERNAL_ERROR
+    finally:
+        views.release()
+        region.close()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    sidecar_main(pickle.load(sys.stdin.buffer))

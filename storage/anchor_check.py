@@ -1,0 +1,48 @@
+"""Verification of a run's snapshot anchors (a ``storage.verify`` run checker).
+
+Each ``SnapshotAnchor`` entry must name a blob that exists inside the run and hashes to the
+recorded value, must not point past the run's last entry nor at or after its own seq, and must
+not go back from the anchor before it. The manifest's anchor index must match the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from storage.findings import Finding, Kind
+from storage.reader import CorruptionError
+from storage.replay import anchor_problem, iter_anchors
+
+if TYPE_CHECKING:
+    from storage.verify import RunContext
+
+
+def check_anchors(ctx: RunContext) -> Iterable[Finding]:
+    if ctx.events.damage or not ctx.events.segments:
+        return  # the damage is reported already; anchors cannot be read past it
+    last = ctx.events.last_seq or 0
+    where = str(ctx.run_dir)
+    found = []
+    previous = 0
+    try:
+        for anchor in iter_anchors(ctx.run_dir):
+            found.append(asdict(anchor))
+            problem = anchor_problem(ctx.run_dir, anchor, previous, last)
+            if problem is not None:
+                yield Finding(Kind.ANCHOR_INVALID, where, None, anchor.seq, anchor.seq, problem)
+            else:
+                previous = anchor.high_watermark
+    except (CorruptionError, ValueError):
+        return
+    manifest = ctx.manifest
+    if manifest is not None and manifest.status.is_sealed and manifest.anchors != found:
+        yield Finding(
+            Kind.MANIFEST_MISMATCH,
+            str(ctx.run_dir / "manifest.json"),
+            None,
+            None,
+            None,
+            f"manifest lists {len(manifest.anchors)} anchor(s), the stream has {len(found)}",
+        )

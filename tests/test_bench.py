@@ -1,0 +1,121 @@
+"""``ringtape bench --quick`` end to end, in a real subprocess with the real writer and baselines.
+
+Only the shape of the JSON is checked: every section, every baseline, a ``target`` and a ``met``
+where the design gives a target. Timings depend on the machine and are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tools.bench import BASELINE_NAMES, SECTIONS, format_table
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_BENCH = "import sys; from tools.bench import main; sys.exit(main())"
+
+
+def _shm_names(pid: int) -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"ringtape-{pid}-")}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str, Path, int]:
+    """One ``--quick`` run for the whole module: (result, stderr, working dir, pid)."""
+    cwd = tmp_path_factory.mktemp("bench")
+    out = cwd / "bench.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    with subprocess.Popen(
+        [sys.executable, "-c", RUN_BENCH, "--quick", "--out", str(out)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=240)
+        finally:
+            proc.kill()  # a no-op once it has exited
+    assert proc.returncode == 0, stderr
+    assert stdout == ""  # with --out, the JSON goes to the file only
+    return json.loads(out.read_text()), stderr, cwd, proc.pid
+
+
+def test_every_section_is_present_and_ran(quick_run: tuple[dict[str, Any], str, Path, int]) -> None:
+    result = quick_run[0]
+    assert result["schema"] == "ringtape-bench/1"
+    assert result["meta"]["quick"] is True
+    assert result["errors"] == []
+    for name in SECTIONS:
+        assert name in result, name
+        assert "error" not in result[name], result[name]
+
+
+def test_every_comparison_has_all_baselines(
+    quick_run: tuple[dict[str, Any], str, Path, int],
+) -> None:
+    result = quick_run[0]
+    for name in ("append_latency", "producer_cpu", "durable_throughput"):
+        assert set(result[name]["baselines"]) == set(BASELINE_NAMES), name
+    for name in ("producer_cpu", "durable_throughput"):
+        assert set(result[name]["ratios_ringtape_over_baseline"]) == set(BASELINE_NAMES), name
+    lat = result["append_latency"]
+    assert set(lat["timer_overhead"]) == {"record_call", "message_call"}
+    for mode in ("ts_init_passed", "default_clock"):
+        assert set(lat["ratios_ringtape_over_baseline"][mode]) == set(BASELINE_NAMES)
+    for stats in [lat["ringtape"]["ts_init_passed"], *lat["baselines"].values()]:
+        for key in ("p50_ns", "p99_ns", "p99_9_ns", "max_ns", "late_slots", "count"):
+            assert key in stats
+    assert isinstance(lat["ringtape"]["sidecar_running"], bool)
+    assert result["durable_throughput"]["config"]["channel_capacity"] == 65_536
+
+
+def test_judged_figures_carry_target_and_met(
+    quick_run: tuple[dict[str, Any], str, Path, int],
+) -> None:
+    result = quick_run[0]
+    judged = [
+        result["append_latency"]["ringtape"]["ts_init_passed"],
+        result["append_latency"]["ringtape"]["default_clock"],
+        result["producer_cpu"]["ringtape"],
+        result["durable_throughput"]["ringtape"],
+        result["append_to_durable"]["latency"],
+        result["idle_cpu"],
+    ]
+    for section in judged:
+        assert isinstance(section["target"], dict) and section["target"]
+        assert isinstance(section["met"], bool)
+    names = {check["name"] for check in result["checks"]}
+    assert len(result["checks"]) == 2 * 3 + 4, names
+    assert all(isinstance(check["met"], bool) for check in result["checks"])
+    comp = result["compression"]
+    assert comp["raw_bytes"] > 0 and comp["stored_bytes"] > 0
+
+
+def test_nothing_is_left_behind(quick_run: tuple[dict[str, Any], str, Path, int]) -> None:
+    _, _, cwd, pid = quick_run
+    assert not (cwd / ".bench-tmp").exists()
+    assert _shm_names(pid) == set()
+
+
+def test_the_table_goes_to_stderr(quick_run: tuple[dict[str, Any], str, Path, int]) -> None:
+    result, stderr = quick_run[0], quick_run[1]
+    table = format_table(result)
+    assert table in stderr
+    for label in (
+        "append p50",
+        "producer CPU",
+        "entries/s",
+        "idle",
+        "compression",
+        *BASELINE_NAMES,
+    ):
+        assert label in table
