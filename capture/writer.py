@@ -11,6 +11,11 @@ Loop, top to bottom:
    ``max_batch_entries``, append them all, one ``fdatasync`` (group commit), then publish
    ``DURABLE_SEQ``. The ring's record bytes are the frame's entry bytes: per batch the work is a
    few numpy calls, one compress, one hash and one write per frame.
+   Memory ordering: Python has no fences. The sleep handshake (set ``CONSUMER_SLEEPING``, look
+   at the ring once more, then sleep) could in theory miss a bell if a store and a load cross
+   in a store buffer; the sleep is therefore bounded (50 ms), which bounds the cost of that
+   race to one late batch. Record validation (seq, length, position chain) never relies on
+   ordering it cannot check.
 4. Stop when the producer's close request is durable (``CLOSED``), when the kernel process is
    gone (drain what was published; the run stays ``running`` for the recovery sweep), or on a
    disk error (``FAILED`` with the errno in the control block: the store halts).
