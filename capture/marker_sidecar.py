@@ -26,7 +26,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
 
@@ -61,7 +61,6 @@ from capture.markers import (
     SidecarArgs,
 )
 from capture.shm import SharedRegion
-from capture.wait import BackoffWait
 from storage.frame import STREAM_MARKERS
 from storage.layout import MARKER_LOCK_NAME
 from storage.lock import WriterLock
@@ -75,7 +74,7 @@ from storage.markers import (
     encode_gap,
     encode_hifi,
     encode_stream,
-    stream_prefix,
+    stream_seed,
 )
 from storage.segment_writer import SegmentWriter
 
@@ -83,6 +82,7 @@ MAX_TAKE: Final = 8192
 FRAME_RECORDS: Final = 4096
 COMMIT_RECORDS: Final = 16384
 IDLE_SLEEP_S: Final = 0.05
+NAP_S: Final = 0.001
 
 EXIT_OK: Final = 0
 EXIT_ATTACH_FAILED: Final = 2
@@ -92,6 +92,40 @@ EXIT_INTERNAL_ERROR: Final = 4
 CLASS_NAMES: Final = [c.value for c in DataMarkerClass.all()]
 _QUAD: Final = struct.Struct("<QQQQ")
 _TS_PAIR: Final = struct.Struct("<QQ")
+
+
+class NapWait:
+    """The sidecar's wait strategy: a few polls, then short naps, then a doorbell sleep.
+
+    Markers are not latency-sensitive and the ring holds ``channel_capacity`` records, so
+    instead of spinning the sidecar naps (``nap_s``, unannounced: the kernel rings no bell for
+    it) and takes what piled up in one batch; only after ``naps`` empty naps in a row does it
+    announce a real sleep through ``sleep`` (the doorbell wakes it). On a 2-core machine
+    this keeps the sidecar from competing with the kernel's thread for a core.
+    """
+
+    def __init__(
+        self,
+        sleep: Callable[[float], None],
+        *,
+        polls: int = 4,
+        naps: int = 100,
+        nap_s: float = NAP_S,
+        sleep_timeout: float = IDLE_SLEEP_S,
+    ) -> None:
+        self._sleep = sleep
+        self._polls = polls
+        self._naps = polls + naps
+        self._nap_s = nap_s
+        self._timeout = sleep_timeout
+
+    def idle(self, streak: int) -> None:
+        if streak < self._polls:
+            return
+        if streak < self._naps:
+            time.sleep(self._nap_s)
+            return
+        self._sleep(self._timeout)
 
 
 class ProtocolError(RuntimeError):
@@ -114,7 +148,7 @@ class MarkerFolder:
         self.hi: list[int] = []
         self.ordinal: list[int] = []
         self.hifi: list[bool] = []
-        self.prefix: list[bytes] = []
+        self.seed: list[int] = []
         self.dirty: dict[int, None] = {}  # streams advanced since the last snapshot, in order
         self.dirty_since = 0.0
         self.last_obs = 0
@@ -128,47 +162,73 @@ class MarkerFolder:
 
     def feed(self, rows: npt.NDArray[np.void], now: float) -> None:
         """Fold one batch of ring records (a structured array of ``RECORD_DTYPE``)."""
+        control = np.flatnonzero(rows["kind"] != KIND_OBS)
+        start = 0
+        for i in control.tolist():  # stream definitions are rare: fold the runs between them
+            if i > start:
+                self._fold_observations(rows[start:i], now)
+            r = rows[i]
+            self._control_record(
+                int(r["a"]), int(r["b"]), int(r["esb"]), int(r["obs"]), int(r["stream"]),
+                int(r["kind"]),
+            )  # fmt: skip
+            start = i + 1
+        if start < len(rows):
+            self._fold_observations(rows[start:], now)
+
+    def _fold_observations(self, rows: npt.NDArray[np.void], now: float) -> None:
+        """Fold observation records. The batch is checked and cut with numpy where an entry
+        boundary or a gap falls; the loop between two cuts only moves cursors."""
+        esb, obs, stream = rows["esb"], rows["obs"], rows["stream"]
+        prev_esb = np.empty_like(esb)
+        prev_esb[0], prev_esb[1:] = self.esb, esb[:-1]
+        prev_obs = np.empty_like(obs)
+        prev_obs[0], prev_obs[1:] = self.last_obs, obs[:-1]
+        if bool((esb < prev_esb).any()) or bool((obs <= prev_obs).any()):
+            raise ProtocolError("event_seq_before or the observation number goes back")
+        if int(stream.max()) >= len(self.count):
+            raise ProtocolError(f"an observation names a stream beyond {len(self.count) - 1}")
+        marks = np.flatnonzero((esb != prev_esb) | (obs != prev_obs + 1)).tolist()
+        a_l, b_l, e_l, o_l = (rows[k].tolist() for k in ("a", "b", "esb", "obs"))
+        s_l = stream.tolist()
         count, hi, ordinal, hifi, dirty, out = (
-            self.count,
-            self.hi,
-            self.ordinal,
-            self.hifi,
-            self.dirty,
-            self.out,
-        )
-        columns = (rows[k].tolist() for k in ("a", "b", "esb", "obs", "stream", "kind"))
-        for a, b, esb, obs, stream, kind in zip(*columns, strict=True):
-            if kind != KIND_OBS:
-                self._control_record(a, b, esb, obs, stream, kind)
-                continue
-            if stream >= len(count):
-                raise ProtocolError(f"observation {obs} names undefined stream {stream}")
-            if esb != self.esb:
-                if esb < self.esb:
-                    raise ProtocolError(f"event_seq_before goes back from {self.esb} to {esb}")
-                if dirty:
-                    self.snapshot(REASON_BOUNDARY)
-            if obs != self.last_obs + 1:
-                if obs <= self.last_obs:
-                    raise ProtocolError(f"observation {obs} after {self.last_obs}")
-                self.gap(self.last_obs + 1, obs - 1, GAP_OVERFLOW)
-            self.esb = esb
-            self.last_obs = obs
-            self.ts_init = b
-            count[stream] += 1
-            h = hi[stream]
-            if b > h:
-                hi[stream] = b
-                ordinal[stream] = 0
-            elif b == h:
-                ordinal[stream] += 1
+            self.count, self.hi, self.ordinal, self.hifi, self.dirty, self.out,
+        )  # fmt: skip
+        seeds, pack_ts, digest = self.seed, _TS_PAIR.pack, xxhash.xxh3_64_intdigest
+        n = len(s_l)
+        pos = 0
+        for stop in [*marks, n]:
             if not dirty:
                 self.dirty_since = now
-            dirty[stream] = None
-            if hifi[stream]:
-                fp = xxhash.xxh3_64_intdigest(self.prefix[stream] + _TS_PAIR.pack(a, b))
-                out.append(encode_hifi(self.next_seq, b, obs, esb, stream, ordinal[stream], a, fp))
-                self.next_seq += 1
+            esb_run, seq = self.esb, self.next_seq
+            for i in range(pos, stop):  # no boundary, no gap: cursors only
+                st = s_l[i]
+                b = b_l[i]
+                count[st] += 1
+                h = hi[st]
+                if b > h:
+                    hi[st] = b
+                    ordinal[st] = 0
+                elif b == h:
+                    ordinal[st] += 1
+                dirty[st] = None
+                if hifi[st]:
+                    a = a_l[i]
+                    fp = digest(pack_ts(a, b), seeds[st])
+                    out.append(encode_hifi(seq, b, o_l[i], esb_run, st, ordinal[st], a, fp))
+                    seq += 1
+            self.next_seq = seq
+            if stop == n:
+                break
+            if stop > 0:  # the state as of the record before the mark
+                self.esb, self.last_obs, self.ts_init = e_l[stop - 1], o_l[stop - 1], b_l[stop - 1]
+            if e_l[stop] != self.esb:
+                self.snapshot(REASON_BOUNDARY)  # an entry was appended since
+            if o_l[stop] != self.last_obs + 1:
+                self.gap(self.last_obs + 1, o_l[stop] - 1, GAP_OVERFLOW)
+            self.esb = e_l[stop]
+            pos = stop
+        self.esb, self.last_obs, self.ts_init = e_l[-1], o_l[-1], b_l[-1]
 
     def _control_record(self, a: int, b: int, esb: int, obs: int, stream: int, kind: int) -> None:
         if kind == KIND_NAME:
@@ -188,10 +248,10 @@ class MarkerFolder:
         data_class = CLASS_NAMES[a]
         hifi = instrument in self.hifi_names
         self.count.append(0)
-        self.hi.append(0)
+        self.hi.append(-1)  # below any ts_init: the first observation sets it, ordinal 0
         self.ordinal.append(0)
         self.hifi.append(hifi)
-        self.prefix.append(stream_prefix(data_class, instrument))
+        self.seed.append(stream_seed(data_class, instrument))
         self.out.append(
             encode_stream(self.next_seq, self.ts_init, stream, data_class, instrument, hifi)
         )
@@ -202,7 +262,10 @@ class MarkerFolder:
         if not self.dirty:
             return
         count, hi, ordinal = self.count, self.hi, self.ordinal
-        items = [(s, ordinal[s], count[s], hi[s]) for s in self.dirty]
+        items: list[int] = []
+        add = items.extend
+        for s in self.dirty:
+            add((s, ordinal[s], count[s], hi[s]))
         self.out.append(
             encode_cursor(self.next_seq, self.ts_init, self.last_obs, self.esb, reason, items)
         )
@@ -285,7 +348,7 @@ class SidecarLoop:
         self.segments = segments
         self.doorbell = doorbell
         self.folder = MarkerFolder(args.high_fidelity)
-        self.wait = BackoffWait(self._sleep, sleep_timeout=IDLE_SLEEP_S)
+        self.wait = NapWait(self._sleep)
         self.out_since = 0.0
         self.stop_requested = False
 

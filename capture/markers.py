@@ -50,7 +50,10 @@ import numpy as np
 from capture.config import DataMarkerClass, DataMarkerConfig
 from capture.doorbell import Doorbell, new_address
 from capture.shm import SharedRegion, unlink_name
-from storage.markers import GAP_WRITER_CLOSED, TOPIC_MARKER_LANE_FAILED, gap_body
+from storage.layout import MARKER_LOCK_NAME, list_segments
+from storage.lock import writer_alive
+from storage.markers import GAP_WRITER_CLOSED, MARKER_STREAM, TOPIC_MARKER_LANE_FAILED, gap_body
+from storage.scan import scan_stream
 
 log = logging.getLogger("ringtape.markers")
 
@@ -257,6 +260,7 @@ class MarkerLane:
         self._doorbell: Doorbell | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._monitor: threading.Thread | None = None
+        self._run_dir: Path | None = None
         self._closing = False
         self._failed = False
         self._failure_pending = False
@@ -266,8 +270,8 @@ class MarkerLane:
         self.gaps = 0
         self.gap_ranges: list[tuple[int, int]] = []  # first MAX_GAP_RANGES drops, in order
         self._last_drop = -1
-        self.durable_marker_seq = 0
-        self.durable_obs = 0
+        self._durable_marker_seq = 0
+        self._durable_obs = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -277,6 +281,7 @@ class MarkerLane:
         """Create the ring and spawn the sidecar. A sidecar that cannot start makes the lane
         fail (recorded, logged) rather than the run."""
         self._reset()
+        self._run_dir = run_dir
         g = self._geometry
         try:
             region = SharedRegion.create(g.region_size, tag="markers")
@@ -359,9 +364,33 @@ class MarkerLane:
             if int(ctrl[SIDECAR_STATE]) != STATE_CLOSED:
                 self._fail(_exit_detail(process, self._views))
         self._refresh_durable()
+        if self._failed:
+            self._settle_stream()
         self.report_failure()
         self._enabled.clear()
-        return self.durable_marker_seq
+        return self._durable_marker_seq
+
+    def _settle_stream(self) -> None:
+        """After a failure, seal what the dead sidecar left: fsync its last segment (frames it
+        wrote but did not sync yet) and take the watermark from the stream's intact prefix on
+        disk, which is what the manifest must say. A torn tail stays for recovery to cut."""
+        run_dir = self._run_dir
+        if run_dir is None or writer_alive(run_dir, MARKER_LOCK_NAME):
+            return
+        segments = list_segments(run_dir, MARKER_STREAM)
+        try:
+            if segments:
+                fd = os.open(segments[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            scan = scan_stream(run_dir, MARKER_STREAM, deep=False)
+        except OSError as exc:
+            log.error("could not settle the marker stream of %s: %s", run_dir, exc)
+            return
+        if not scan.damage:
+            self._durable_marker_seq = scan.last_seq or 0
 
     def kill(self) -> None:
         """Stop the sidecar (if running) and release the ring; idempotent."""
@@ -396,8 +425,8 @@ class MarkerLane:
     def _refresh_durable(self) -> None:
         ctrl = self._ctrl
         if ctrl is not None:
-            self.durable_marker_seq = int(ctrl[DURABLE_MARKER_SEQ])
-            self.durable_obs = int(ctrl[DURABLE_OBS])
+            self._durable_marker_seq = int(ctrl[DURABLE_MARKER_SEQ])
+            self._durable_obs = int(ctrl[DURABLE_OBS])
 
     @property
     def failed(self) -> bool:
@@ -413,6 +442,7 @@ class MarkerLane:
         return None if self._process is None else self._process.pid
 
     def stats(self) -> MarkerStats:
+        """The lane's counters and the sidecar's durable marks (shared-memory reads)."""
         self._refresh_durable()
         return MarkerStats(
             self._obs,
@@ -420,8 +450,8 @@ class MarkerLane:
             self.gaps,
             self._streams,
             self._failed,
-            self.durable_marker_seq,
-            self.durable_obs,
+            self._durable_marker_seq,
+            self._durable_obs,
         )
 
     # -- failure ----------------------------------------------------------------------------
@@ -430,24 +460,32 @@ class MarkerLane:
         """Wait for the sidecar to exit; an exit nobody asked for fails the lane."""
         process.wait()
         with self._lock:
-            if self._process is not process or self._closing:
+            # Checked and acted on under the lock: kill() cannot release the ring meanwhile.
+            if self._process is not process or self._closing or self._failed:
                 return
-        self._fail(_exit_detail(process, self._views))
+            self._mark_failed(_exit_detail(process, self._views))
+        self._log_failure()
 
     def _fail(self, detail: str) -> None:
         """Turn the lane into a drop counter; the gap is recorded by ``report_failure``."""
         with self._lock:
             if self._failed:
                 return
-            self._failed = True
-            self._limit = -1  # every later observation takes the slow path, which drops
-            self._refresh_durable()
-            self._failure_from = self.durable_obs + 1
-            self._failure_detail = detail
-            self._failure_pending = True
+            self._mark_failed(detail)
+        self._log_failure()
+
+    def _mark_failed(self, detail: str) -> None:
+        self._failed = True
+        self._limit = -1  # every later observation takes the slow path, which drops
+        self._refresh_durable()
+        self._failure_from = self._durable_obs + 1
+        self._failure_detail = detail
+        self._failure_pending = True
+
+    def _log_failure(self) -> None:
         log.error(
             "data-marker lane failed (%s); observations from %d on are not recorded",
-            detail,
+            self._failure_detail,
             self._failure_from,
         )
 
@@ -462,7 +500,7 @@ class MarkerLane:
             None,
             GAP_WRITER_CLOSED,
             self._entries._seq,
-            marker_high_watermark=self.durable_marker_seq,
+            marker_high_watermark=self._durable_marker_seq,
             detail=self._failure_detail,
         )
         try:

@@ -185,6 +185,11 @@ class EventStore:
         self._last_anchor = 0
         self._supervisor: subprocess.Popen[bytes] | None = None
         self._markers: MarkerLane | None = None
+        if config.data_markers is not None:
+            # One lane for the store's life, started per run: a kernel may keep the bound
+            # ``observe_data`` across runs. Binding the lane's method saves a call per message.
+            self._markers = MarkerLane(config.data_markers, self, self._append_marker_failure)
+            self.observe_data = self._markers.observe  # type: ignore[method-assign]
         self._swept: set[uuid.UUID] = set()
         self.last_sweep: SweepReport | None = None
         self.last_replay: ReplayResult | None = None
@@ -335,14 +340,14 @@ class EventStore:
     ) -> None:
         """Note that a market-data message was seen (``config.data_markers``); never blocks.
 
-        A no-op while no run is open or markers are off. While a run with markers is open this
-        name is bound to the lane's ``MarkerLane.observe`` (one call less on the hot path):
-        call it on the thread that appends.
+        With markers configured this name is bound to the lane's ``MarkerLane.observe`` (one
+        call less on the hot path), a no-op while no run is open: call it on the thread that
+        appends. Without ``config.data_markers`` it is this no-op.
         """
         return None
 
     def marker_lane(self) -> MarkerLane | None:
-        """The open run's data-marker lane (``None`` without ``config.data_markers``)."""
+        """The data-marker lane (``None`` without ``config.data_markers``)."""
         return self._markers
 
     def durable_seq(self) -> int:
@@ -643,16 +648,13 @@ class EventStore:
         )
         session.monitor = monitor
         monitor.start()
-        if self.config.data_markers is not None:
-            lane = MarkerLane(self.config.data_markers, self, self._append_marker_failure)
-            self._markers = lane
-            lane.start(
+        if self._markers is not None:
+            self._markers.start(
                 paths.run_dir,
                 paths.run_id,
                 segment_max_bytes=self.options.segment_max_bytes,
                 compression_level=self.options.compression_level,
             )
-            self.observe_data = lane.observe  # type: ignore[method-assign]
 
     def _append_marker_failure(self, topic: str, payload: bytes) -> object:
         return self.append(topic, payload, payload_type="json")
@@ -710,10 +712,8 @@ class EventStore:
                 return
             self._open = False
             self._session = None
-        markers, self._markers = self._markers, None
-        if markers is not None:
-            self.__dict__.pop("observe_data", None)  # back to the no-op method
-            markers.kill()
+        if self._markers is not None:
+            self._markers.kill()
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
             supervisor.terminate()

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from storage.blobs import Anchor, BlobError
 from storage.findings import Finding, Kind
 from storage.reader import CorruptionError
 from storage.replay import anchor_problem, iter_anchors
@@ -26,8 +27,19 @@ def check_anchors(ctx: RunContext) -> Iterable[Finding]:
     where = str(ctx.run_dir)
     found = []
     previous = 0
+    # The deep scan kept the anchor entries it passed; read the stream again only if it had
+    # to stop keeping them (a pathological number of anchors).
+    entries = ctx.events.anchors if ctx.events.anchors_complete else None
     try:
-        for anchor in iter_anchors(ctx.run_dir):
+        anchors = (
+            iter_anchors(ctx.run_dir)
+            if entries is None
+            else (_decode(e.payload, e.seq, where) for e in entries)
+        )
+        for anchor in anchors:
+            if isinstance(anchor, Finding):
+                yield anchor
+                continue
             found.append(asdict(anchor))
             problem = anchor_problem(ctx.run_dir, anchor, previous, last)
             if problem is not None:
@@ -46,3 +58,10 @@ def check_anchors(ctx: RunContext) -> Iterable[Finding]:
             None,
             f"manifest lists {len(manifest.anchors)} anchor(s), the stream has {len(found)}",
         )
+
+
+def _decode(payload: bytes, seq: int, where: str) -> Anchor | Finding:
+    try:
+        return Anchor.from_payload(payload, seq)
+    except BlobError as exc:
+        return Finding(Kind.ANCHOR_INVALID, where, None, seq, seq, str(exc))

@@ -28,6 +28,8 @@ FILE_MODE: Final = 0o600
 
 RUN_ID_RE: Final = re.compile(r"^(\d{1,20})-([0-9a-f]{8})$")
 SEGMENT_RE: Final = re.compile(r"^(events|markers)-(\d{6})\.seg$")
+# Bytes recovery cut from a torn tail: ``<segment>.torn``, or ``<segment>.<k>.torn`` when taken.
+TORN_FILE_RE: Final = re.compile(r"^((events|markers)-\d{6}\.seg)(?:\.\d+)?\.torn$")
 
 
 def new_run_id(start_ts_init: int) -> str:

@@ -43,11 +43,16 @@ instrument::
     u64 obs, u64 event_seq_before, u32 stream, u32 ordinal, u64 ts_event, u64 fingerprint
 
   ``ts_init`` is the header's; ``ordinal`` is the stream cursor's after this message;
-  ``fingerprint`` is :func:`fingerprint` of the message (class, instrument, ts_event, ts_init).
+  ``fingerprint`` = xxh3-64 of ``u64 ts_event, u64 ts_init`` seeded with xxh3-64 of
+  ``class NUL instrument`` (UTF-8): a replay computes it from its own data (:func:`fingerprint`).
 
 ``marker.gap`` (JSON, ``json``), a ``MarkerGap``: ``{"from": obs, "to": obs | null,
 "reason": "overflow" | "writer_closed", "event_seq_before": int}`` — observations ``from..to``
-(inclusive; ``null``: to the end of the run) are in no other record.
+(inclusive; ``null``: to the end of the run) are in no other record. ``overflow``: the kernel
+found the marker ring full. When the sidecar dies, the *entry* stream gets a
+``ringtape.MarkerLaneFailed`` entry whose JSON payload is the same gap (reason
+``writer_closed``, ``to`` null) plus ``marker_high_watermark`` (the last durable marker seq) and
+``detail``; observations from ``from`` on were not recorded.
 
 Invariants (what :func:`check_marker_stream` verifies)
 -------------------------------------------------------
@@ -67,7 +72,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -169,28 +174,25 @@ class MarkerGap:
     reason: str
     event_seq_before: int
 
-    @property
-    def size(self) -> int | None:
-        return None if self.obs_to is None else self.obs_to - self.obs_from + 1
-
 
 MarkerRecord = StreamDef | CursorSnapshot | HiFiMarker | MarkerGap
 StreamKey = tuple[str, str]  # (data class name, instrument id)
 
 
 def fingerprint(data_class: str, instrument_id: str, ts_event: int, ts_init: int) -> int:
-    """The fingerprint a ``marker.hifi`` carries: xxh3-64 of ``class NUL instrument NUL`` (UTF-8)
-    followed by ``u64 ts_event, u64 ts_init``. A replay computes it from its own data."""
-    return int(
-        xxhash.xxh3_64_intdigest(
-            stream_prefix(data_class, instrument_id) + _FINGERPRINT_TS.pack(ts_event, ts_init)
-        )
-    )
+    """The fingerprint a ``marker.hifi`` carries, which a replay computes from its own data:
+    xxh3-64 of ``u64 ts_event, u64 ts_init`` (little-endian) with :func:`stream_seed` as seed."""
+    return fingerprint_with(stream_seed(data_class, instrument_id), ts_event, ts_init)
 
 
-def stream_prefix(data_class: str, instrument_id: str) -> bytes:
-    """The per-stream bytes :func:`fingerprint` hashes first (precomputed by the sidecar)."""
-    return f"{data_class}\0{instrument_id}\0".encode()
+def stream_seed(data_class: str, instrument_id: str) -> int:
+    """xxh3-64 of ``class NUL instrument`` (UTF-8): the per-stream part of :func:`fingerprint`."""
+    return int(xxhash.xxh3_64_intdigest(f"{data_class}\0{instrument_id}".encode()))
+
+
+def fingerprint_with(seed: int, ts_event: int, ts_init: int) -> int:
+    """:func:`fingerprint` for a stream whose :func:`stream_seed` is known."""
+    return int(xxhash.xxh3_64_intdigest(_FINGERPRINT_TS.pack(ts_event, ts_init), seed))
 
 
 # -- encoding (the sidecar) ---------------------------------------------------------------------
@@ -220,18 +222,33 @@ def encode_cursor(
     obs: int,
     event_seq_before: int,
     reason: int,
-    items: Iterable[tuple[int, int, int, int]],
+    items: Sequence[int],
 ) -> bytes:
-    """One ``marker.cursor`` entry record; ``items`` are (stream, ordinal, count, ts_init_hi)."""
-    pack = CURSOR_ITEM.pack
-    body = [pack(*item) for item in items]
-    plen = CURSOR_HEAD.size + CURSOR_ITEM.size * len(body)
-    n = ENTRY_HEADER_SIZE + len(_CURSOR_PREFIX) + plen
-    header = ENTRY_HEADER.pack(
-        n, plen, len(TOPIC_CURSOR), len(PAYLOAD_BIN), 0, marker_seq, ts_init, 0
+    """One ``marker.cursor`` entry record; ``items`` is flat: ``stream, ordinal, count,
+    ts_init_hi`` of each advanced cursor, one after the other."""
+    n = len(items) // 4
+    layout = _CURSOR_RECORDS.get(n)
+    if layout is None:
+        layout = _cursor_record(n)
+    plen = CURSOR_HEAD.size + CURSOR_ITEM.size * n
+    return layout.pack(
+        layout.size, plen, len(TOPIC_CURSOR), len(PAYLOAD_BIN), 0, marker_seq, ts_init, 0,
+        _CURSOR_PREFIX, obs, event_seq_before, reason, n, *items,
+    )  # fmt: skip
+
+
+_CURSOR_RECORDS: Final[dict[int, struct.Struct]] = {}
+
+
+def _cursor_record(n: int) -> struct.Struct:
+    """One struct for a whole ``marker.cursor`` record of ``n`` cursors (cached up to 1024)."""
+    items = CURSOR_ITEM.format[1:] * n
+    layout = struct.Struct(
+        f"{ENTRY_HEADER.format}{len(_CURSOR_PREFIX)}s{CURSOR_HEAD.format[1:]}{items}"
     )
-    head = CURSOR_HEAD.pack(obs, event_seq_before, reason, len(body))
-    return b"".join((header, _CURSOR_PREFIX, head, *body))
+    if n <= 1024:
+        _CURSOR_RECORDS[n] = layout
+    return layout
 
 
 def _encode_payload(
@@ -434,7 +451,8 @@ def fold_records(records: Iterable[MarkerRecord], event_seq: int | None = None) 
 
 def fold_to(run_dir: Path, event_seq: int) -> Fold:
     """Every cursor as of entry ``event_seq``: all observations made before entry
-    ``event_seq + 1`` was appended. Reads the marker stream only as far as it must."""
+    ``event_seq + 1`` was appended. Reads the marker stream only as far as it must (its intact
+    prefix); a record that does not decode raises ``MarkerFormatError``."""
     return fold_records(iter_markers(run_dir), event_seq)
 
 

@@ -32,8 +32,16 @@ from storage.frame import (
     FrameHeader,
 )
 from storage.layout import SEGMENT_RE, is_run_id, list_segments
-from storage.manifest import ManifestError, read_manifest
-from storage.scan import Broken, SegmentFile, Torn, link_finding, next_frame, read_segment_header
+from storage.manifest import Manifest, ManifestError, read_manifest
+from storage.scan import (
+    Broken,
+    RecordBatch,
+    SegmentFile,
+    Torn,
+    link_finding,
+    next_frame,
+    read_segment_header,
+)
 from storage.status import RunStatus
 
 
@@ -74,20 +82,11 @@ class Frame(NamedTuple):
                 ) from None
 
 
-def _tolerates_torn_tail(run_dir: Path, strict: bool | None) -> bool:
-    if strict is not None:
-        return not strict
+def _manifest(run_dir: Path) -> Manifest | None:
     try:
-        return read_manifest(run_dir).status is RunStatus.RUNNING
+        return read_manifest(run_dir)
     except ManifestError:
-        return False
-
-
-def _retained_from(run_dir: Path) -> int:
-    try:
-        return int(getattr(read_manifest(run_dir), "retained_from_seq", 1))
-    except ManifestError:
-        return 1
+        return None
 
 
 class _StreamReader:
@@ -99,6 +98,8 @@ class _StreamReader:
         self.tolerant = tolerant
         self.run_id = run_dir.name if is_run_id(run_dir.name) else None
         self.decoder = FrameDecoder()
+        self.batch = RecordBatch()
+        self.bodies: list[bytes] = []  # of the frames queued in the batch
         # What the next segment header must carry; unknown when retention cut the stream's start.
         self.link: int | None = 0
         self.next_seq: int | None = 1
@@ -107,7 +108,37 @@ class _StreamReader:
             self.link = self.next_seq = self.index = None
 
     def segment(self, path: Path, last: bool, to_seq: int | None) -> Iterator[Frame]:
-        """The wanted frames of one segment; ``self.link``/``next_seq`` follow it."""
+        """The wanted frames of one segment; ``self.link``/``next_seq`` follow it.
+
+        Frames are checked in batches (see ``RecordBatch``); when damage stops the walk, the
+        checked frames before it are passed on first, then the error is raised.
+        """
+        try:
+            yield from self._walk(path, last, to_seq)
+        except CorruptionError:
+            yield from self._release(str(path))
+            raise
+        yield from self._release(str(path))
+
+    def _release(self, where: str) -> Iterator[Frame]:
+        """Check the queued frames and pass them on in order, up to the first bad one."""
+        batch, bodies = self.batch, self.bodies
+        problems = batch.check()
+        try:
+            for j, h in enumerate(batch.headers):
+                if j in problems:
+                    raise CorruptionError(
+                        Finding(
+                            Kind.DECODE_ERROR, where, batch.offsets[j], h.first_seq, h.last_seq,
+                            problems[j],
+                        )
+                    )  # fmt: skip
+                yield Frame(where, batch.offsets[j], h, bodies[j], batch.record_offsets(j))
+        finally:
+            batch.clear()
+            bodies.clear()
+
+    def _walk(self, path: Path, last: bool, to_seq: int | None) -> Iterator[Frame]:
         where = str(path)
 
         def fail(
@@ -171,10 +202,13 @@ class _StreamReader:
                         "frame data checksum does not match its stored bytes",
                     )
                 try:
-                    body, offsets = self.decoder.entries(h, step.stored)
+                    body = self.decoder.body(h, step.stored)
                 except FormatError as exc:
                     fail(Kind.DECODE_ERROR, step.offset, h.first_seq, h.last_seq, str(exc))
-                yield Frame(where, step.offset, h, body, offsets)
+                if not self.batch.add(step.offset, h, step.raw_header, body):
+                    yield from self._release(where)
+                    self.batch.add(step.offset, h, step.raw_header, body)
+                self.bodies.append(body)
                 if to_seq is not None and h.last_seq >= to_seq:
                     return
 
@@ -201,12 +235,15 @@ def iter_frames(
         raise ValueError(f"unknown stream {stream!r}")
     if from_seq < 1 or (to_seq is not None and to_seq < from_seq):
         raise ValueError(f"bad seq range {from_seq}..{to_seq}")
-    retained = _retained_from(run_dir) if stream == "events" else 1
+    manifest = _manifest(run_dir)
+    retained = 1
+    if manifest is not None and stream == "events":
+        retained = int(getattr(manifest, "retained_from_seq", 1))
     if from_seq < retained:
         raise ValueError(f"entries before seq {retained} of this run were reclaimed by retention")
-    reader = _StreamReader(
-        run_dir, stream, from_seq, retained, _tolerates_torn_tail(run_dir, strict)
-    )
+    if strict is None:
+        strict = manifest is None or manifest.status is not RunStatus.RUNNING
+    reader = _StreamReader(run_dir, stream, from_seq, retained, tolerant=not strict)
     segments = list_segments(run_dir, stream)
     for i, path in enumerate(segments):
         yield from reader.segment(path, i == len(segments) - 1, to_seq)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -39,6 +38,7 @@ from storage.findings import Finding, Kind
 from storage.layout import (
     LOCK_NAME,
     MARKER_LOCK_NAME,
+    TORN_FILE_RE,
     TORN_SUFFIX,
     create_private_file,
     fsync_dir,
@@ -71,8 +71,6 @@ VERDICTS: Final[dict[Outcome, RunStatus]] = {
 # Kinds that are not damage: a torn tail at the very end of a stream is a crash, and bytes a
 # previous (interrupted) recovery already kept aside are a record of one.
 NOT_DAMAGE: Final = frozenset({Kind.TORN_TAIL, Kind.LEFTOVER_TORN})
-
-_TORN_FILE_RE: Final = re.compile(r"^((?:events|markers)-\d{6}\.seg)(?:\.\d+)?\.torn$")
 
 
 class RecoveryError(RuntimeError):
@@ -146,9 +144,9 @@ def _leftovers(run_dir: Path) -> list[tuple[str, Finding]]:
     """``.torn`` files an earlier recovery of this run kept (it may have been interrupted)."""
     out = []
     for name in sorted(os.listdir(run_dir)):
-        m = _TORN_FILE_RE.match(name)
+        m = TORN_FILE_RE.match(name)
         if m:
-            stream = m.group(1).split("-")[0]
+            stream = m.group(2)
             detail = f"bytes cut from {m.group(1)} by an earlier recovery"
             out.append((stream, Finding(Kind.LEFTOVER_TORN, str(run_dir / name), detail=detail)))
     return out

@@ -13,7 +13,7 @@ Rules of this module:
 Theory of operation: :func:`scan_segment` walks a file from the segment header, frame by frame.
 Each frame header is checked first (its checksum, then its bounds); then the stored bytes against
 the header's data checksum; in a deep scan the stored bytes are decompressed and every record is
-checked against the frame's offset table — many frames per numpy call (:class:`_RecordBatch`),
+checked against the frame's offset table — many frames per numpy call (:class:`RecordBatch`),
 which is what makes a deep scan fast. Every frame must chain to the frame before it (its
 ``prev_checksum``) and continue its seq range; :func:`link_finding` says what a frame that does not
 means. After a header that fails, the scan resyncs at the next header that checks out and reports
@@ -32,8 +32,17 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
-from storage.entry import ENTRY_HEADER, bad_record_runs, explain_records
+from storage.entry import (
+    ENTRY_HEADER,
+    TOPIC_SNAPSHOT_ANCHOR,
+    Entry,
+    EntryError,
+    bad_record_runs,
+    decode_entry,
+    explain_records,
+)
 from storage.findings import Finding, Kind
 from storage.frame import (
     FRAME_HEADER_SIZE,
@@ -58,6 +67,9 @@ WINDOW: Final = 1 << 20
 # cannot make a run this long in a frame, a zero-filled block after a crash does.
 MIN_ZERO_TAIL: Final = 64
 PROGRESS_STEP: Final = 4 << 20
+MAX_ANCHORS: Final = 1 << 16  # anchor entries a scan keeps; past that, anchors_complete is false
+_ANCHOR_TOPIC: Final = TOPIC_SNAPSHOT_ANCHOR.encode()
+_TOPIC_LEN_AT: Final = 8  # offset of topic_len in an entry header
 
 Progress = Callable[[int], None]
 
@@ -111,6 +123,8 @@ class SegmentFile:
         lo = offset - self._start
         if lo >= 0 and lo + n <= self._len:
             return self._view[lo : lo + n]
+        if n == 0:
+            return memoryview(b"")
         want = min(max(n, WINDOW), self.size - offset)
         if want > len(self._buf):
             # Views handed out earlier keep the old buffer alive; never resize one in place.
@@ -120,6 +134,7 @@ class SegmentFile:
         self._start, self._len = offset, got
         if got < want:  # the file shrank under us: its end is where reading stops
             self.size = offset + got
+            self._zero_tail = None
             n = min(n, got)
         return self._view[:n]
 
@@ -358,6 +373,25 @@ def _mark_at(buf: memoryview, offset: int) -> EntryMark:
     return EntryMark(seq, ts_init, topic)
 
 
+def _records_with_topic(
+    buf: npt.NDArray[np.uint8], records: npt.NDArray[np.int64], topic: bytes
+) -> npt.NDArray[np.intp]:
+    """Indices into ``records`` of the records whose topic is ``topic``, vectorised.
+
+    Records of frames that fail their checks may be garbage; the caller drops those.
+    """
+    size = len(topic)
+    if len(buf) < ENTRY_HEADER.size + size or len(records) == 0:
+        return np.zeros(0, np.intp)
+    lengths = np.ndarray((len(buf) - 1,), "<u2", buf, 0, (1,))  # a u16 at every byte
+    found = np.flatnonzero(lengths[np.minimum(records + _TOPIC_LEN_AT, len(buf) - 2)] == size)
+    if found.size:
+        names = np.ndarray((len(buf) - size + 1,), np.dtype(("V", size)), buf, 0, (1,))
+        at = np.minimum(records[found] + ENTRY_HEADER.size, len(buf) - size)
+        found = found[names[at] == np.void(topic)]
+    return found
+
+
 class FrameTable:
     """The good frames of a segment, compactly: 8 bytes of offset + the 56 raw header bytes."""
 
@@ -423,6 +457,10 @@ class SegmentScan:
     last_entry: EntryMark | None
     findings: tuple[Finding, ...]
     deep: bool
+    # Deep scans keep the snapshot anchor entries they pass (up to MAX_ANCHORS), so that
+    # anchor checks need not read the run again.
+    anchors: tuple[Entry, ...] = ()
+    anchors_complete: bool = True
 
     @classmethod
     def unreadable(cls, path: str, detail: str, *, size: int = 0, deep: bool = True) -> SegmentScan:
@@ -451,6 +489,8 @@ class _Tally:
     valid_end: int = 0
     first_entry: EntryMark | None = None
     last_entry: EntryMark | None = None
+    anchors: list[Entry] = field(default_factory=list)
+    anchors_complete: bool = True
 
     def add(self, offset: int, header: FrameHeader, raw_header: bytes) -> None:
         self.frames.append(offset, raw_header)
@@ -462,7 +502,7 @@ class _Tally:
         self.valid_end = offset + header.size
 
 
-class _RecordBatch:
+class RecordBatch:
     """Decompressed frame bodies packed into one buffer, their records checked in one go.
 
     Each body is placed so that its offset table is 4-aligned; ``check`` gathers every table
@@ -487,7 +527,7 @@ class _RecordBatch:
         self._bases: list[int] = []
         self._used = 0
         self._records = np.zeros(0, np.int64)
-        self._firsts = self._counts = self._records
+        self._firsts = self._counts = self._anchor_hits = self._records
 
     def add(self, offset: int, header: FrameHeader, raw_header: bytes, body: bytes) -> bool:
         """Queue a body; ``False`` when there is no room (check and clear first)."""
@@ -520,6 +560,7 @@ class _RecordBatch:
         records = self._u4[table].astype(np.int64) + np.repeat(bases, counts)
         self._records, self._firsts, self._counts = records, firsts, counts
         buf = self._buf[: self._used]
+        self._anchor_hits = _records_with_topic(buf, records, _ANCHOR_TOPIC)
         problems = {}
         for j in bad_record_runs(buf, records, counts, bases, ends, seqs).tolist():
             h, lo = self.headers[j], self._bases[j]
@@ -528,6 +569,19 @@ class _RecordBatch:
             why = explain_records(body, rel, int(ends[j]) - lo, h.first_seq)
             problems[j] = why or "entry records do not check out"
         return problems
+
+    def record_offsets(self, j: int) -> npt.NDArray[np.int64]:
+        """Where each record of queued frame ``j`` starts in its body, after ``check``."""
+        lo = self._firsts[j]
+        rel: npt.NDArray[np.int64] = self._records[lo : lo + self._counts[j]] - self._bases[j]
+        return rel
+
+    def anchors(self, problems: dict[int, str]) -> Iterator[tuple[int, Entry]]:
+        """``(j, entry)`` for each snapshot anchor entry in a good queued frame ``j``."""
+        for i in self._anchor_hits.tolist():
+            j = int(np.searchsorted(self._firsts, i, side="right")) - 1
+            if j not in problems:
+                yield j, decode_entry(self._mem, int(self._records[i]))
 
     def mark(self, j: int, last: bool) -> EntryMark:
         """The first (or last) entry of queued frame ``j``, after ``check``."""
@@ -547,7 +601,7 @@ class _Scanner:
         self.findings: list[Finding] = []
         self.tally = _Tally()
         self.decoder = FrameDecoder()
-        self.batch = _RecordBatch()
+        self.batch = RecordBatch()
         self.link: int | None = None
         self.next_seq: int | None = None
 
@@ -606,6 +660,8 @@ class _Scanner:
             t.last_entry,
             tuple(self.findings),
             self.deep,
+            tuple(t.anchors),
+            t.anchors_complete,
         )
 
     def segment_header(self) -> tuple[SegmentHeader | None, int | None]:
@@ -708,7 +764,21 @@ class _Scanner:
             t.last_seq = b.headers[last].last_seq
             t.last_entry = b.mark(last, last=True)
             t.valid_end = b.offsets[last] + b.headers[last].size
+        self.keep_anchors(b, problems)
         b.clear()
+
+    def keep_anchors(self, b: RecordBatch, problems: dict[int, str]) -> None:
+        t = self.tally
+        try:
+            for _, entry in b.anchors(problems):
+                if entry.topic != TOPIC_SNAPSHOT_ANCHOR:
+                    continue
+                if len(t.anchors) >= MAX_ANCHORS:
+                    t.anchors_complete = False
+                    return
+                t.anchors.append(entry)
+        except EntryError as exc:
+            self.note(Kind.DECODE_ERROR, None, None, None, f"a snapshot anchor entry: {exc}")
 
 
 def scan_segment(path: Path, *, deep: bool = True, progress: Progress | None = None) -> SegmentScan:
@@ -763,6 +833,15 @@ class StreamScan:
     def last_entry(self) -> EntryMark | None:
         marks = (s.last_entry for s in reversed(self.segments) if s.last_entry is not None)
         return next(marks, None)
+
+    @property
+    def anchors(self) -> tuple[Entry, ...]:
+        """The snapshot anchor entries the deep scans passed, in seq order."""
+        return tuple(a for s in self.segments for a in s.anchors)
+
+    @property
+    def anchors_complete(self) -> bool:
+        return all(s.anchors_complete for s in self.segments)
 
     @property
     def torn(self) -> Finding | None:

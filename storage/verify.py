@@ -10,8 +10,9 @@ Rules of this module:
 3. Run-level rules are small functions in :data:`RUN_CHECKERS`, each taking a
    :class:`RunContext` and returning findings. New rules (snapshot anchors, the marker stream)
    are added by appending to that list; nothing else needs to change.
-4. A torn tail is excused only in a run whose manifest says ``running`` and whose writer still
-   holds its lock: that tail is an append in progress. Anywhere else it is a finding.
+4. A torn tail is excused only in a run whose manifest says ``running`` while the stream's
+   appender (the writer, or the marker sidecar) still holds its lock: that tail is an append in
+   progress. Anywhere else it is a finding.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from storage.layout import (
     MARKER_LOCK_NAME,
     RUN_ID_RE,
     SEGMENT_RE,
-    TORN_SUFFIX,
+    TORN_FILE_RE,
     is_run_id,
     list_segments,
     run_sort_key,
@@ -56,9 +57,6 @@ from storage.scan import (
 from storage.status import RunStatus
 
 STREAMS: Final = tuple(STREAM_NAMES.values())
-TORN_FILE_RE: Final = re.compile(
-    r"^(?:events|markers)-\d{6}\.seg(?:\.\d+)?" + re.escape(TORN_SUFFIX) + "$"
-)
 TEMP_MANIFEST_RE: Final = re.compile(r"^\." + re.escape(MANIFEST_NAME) + r"\..*\.tmp$")
 
 ProgressFn = Callable[[int, int], None]
@@ -84,7 +82,12 @@ class RunContext:
 
     @property
     def retained_from_seq(self) -> int:
-        return 1 if self.manifest is None else int(getattr(self.manifest, "retained_from_seq", 1))
+        return _retained(self.manifest)
+
+
+def _retained(manifest: Manifest | None) -> int:
+    """The first events seq retention kept (1: nothing was reclaimed)."""
+    return 1 if manifest is None else int(getattr(manifest, "retained_from_seq", 1))
 
 
 RunChecker = Callable[[RunContext], Iterable[Finding]]
@@ -158,18 +161,23 @@ def check_manifest(ctx: RunContext) -> Iterable[Finding]:
     if match and int(match.group(1)) != m.start_ts_init:
         yield mismatch(f"start_ts_init {m.start_ts_init} but the run id starts {match.group(1)}")
     first, last = ctx.events.first_entry, ctx.events.last_entry
-    started = first is not None and first.seq == 1 and first.topic == TOPIC_RUN_STARTED
-    if started and first is not None and first.ts_init != m.start_ts_init:
-        yield mismatch(f"start_ts_init {m.start_ts_init}, RunStarted has ts_init {first.ts_init}")
-    if not (m.status.is_sealed and ctx.events.damage == ()):
-        return
-    on_disk = ctx.events.last_seq or 0
-    if m.high_watermark != on_disk:
-        yield mismatch(
-            f"high_watermark {m.high_watermark}, the last entry on disk is seq {on_disk}"
-        )
-    if last is not None and m.end_ts_init != last.ts_init:
-        yield mismatch(f"end_ts_init {m.end_ts_init}, the last entry has ts_init {last.ts_init}")
+    started = first if first is not None and first.topic == TOPIC_RUN_STARTED else None
+    if started is not None and started.seq == 1 and started.ts_init != m.start_ts_init:
+        yield mismatch(f"start_ts_init {m.start_ts_init}, RunStarted's ts_init {started.ts_init}")
+    if not m.status.is_sealed:
+        return  # a running run's manifest trails its data; a quarantined one is evidence
+    if not ctx.events.damage:
+        on_disk = ctx.events.last_seq or 0
+        if m.high_watermark != on_disk:
+            yield mismatch(f"high_watermark {m.high_watermark}, the last entry is seq {on_disk}")
+        if last is not None and m.end_ts_init != last.ts_init:
+            yield mismatch(f"end_ts_init {m.end_ts_init}, the last entry's ts_init {last.ts_init}")
+    if not ctx.markers.damage:
+        on_disk = ctx.markers.last_seq or 0
+        if m.marker_high_watermark != on_disk:
+            yield mismatch(
+                f"marker_high_watermark {m.marker_high_watermark}, the last marker is seq {on_disk}"
+            )
 
 
 def check_lifecycle(ctx: RunContext) -> Iterable[Finding]:
@@ -447,7 +455,7 @@ def _stream_live(run_dir: Path, manifest: Manifest | None, stream: str) -> bool:
 
 def _check_run(run_dir: Path, scans: dict[Path, SegmentScan]) -> tuple[RunSummary, list[Finding]]:
     manifest, error = _manifest(run_dir)
-    retained = 1 if manifest is None else int(getattr(manifest, "retained_from_seq", 1))
+    retained = _retained(manifest)
     streams = {}
     for name in STREAMS:
         seg = [scans[p] for p in list_segments(run_dir, name) if p in scans]

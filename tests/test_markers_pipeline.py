@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -38,7 +41,9 @@ from storage.markers import (
     fold_to,
     iter_markers,
 )
+from storage.recovery import recover_run
 from storage.status import RunStatus
+from storage.verify import verify_path
 
 CLASSES = DataMarkerClass.all()
 Q = DataMarkerClass.Quote
@@ -102,6 +107,21 @@ def test_markers_off_is_a_no_op(tmp_path: Path) -> None:
     run_dir = seal(store)
     assert not list(run_dir.glob("markers-*"))
     assert read_manifest(run_dir).marker_high_watermark == 0
+
+
+def test_a_kept_observe_data_serves_every_run(tmp_path: Path, stores: list[EventStore]) -> None:
+    store = open_store(stores, tmp_path)
+    observe = store.observe_data  # a kernel binds it once
+    observe(Q, "ETH.SIM", 1, 1)
+    first = seal(store)
+    observe(Q, "ETH.SIM", 2, 2)  # between runs: a no-op
+    store.open(uuid.uuid4(), Components(), "sandbox")
+    observe(Q, "ETH.SIM", 3, 3)
+    observe(Q, "ETH.SIM", 4, 4)
+    second = seal(store)
+    assert fold_to(first, 1).cursors == {("Quote", "ETH.SIM"): Cursor(1, 1, 0)}
+    assert fold_to(second, 1).cursors == {("Quote", "ETH.SIM"): Cursor(2, 4, 0)}
+    assert lane_of(store).stats().observed == 2
 
 
 class Model:
@@ -169,6 +189,7 @@ def test_cursors_match_model_through_the_sidecar(
     records = list(iter_markers(run_dir))
     assert manifest.marker_high_watermark == (records[-1].marker_seq if records else 0)
     assert check_marker_stream(run_dir, manifest.high_watermark) == []
+    assert verify_path(run_dir).ok
 
 
 def test_hifi_markers_one_per_message_for_listed_instruments(
@@ -303,7 +324,10 @@ def test_sidecar_sigkill_leaves_the_kernel_trading(
     run_dir = seal(store)
     manifest = read_manifest(run_dir)
     assert manifest.status is RunStatus.ENDED
-    assert manifest.marker_high_watermark == durable_markers
+    on_disk = [r.marker_seq for r in iter_markers(run_dir)]
+    assert manifest.marker_high_watermark == on_disk[-1] >= durable_markers
+    report = verify_path(run_dir)
+    assert report.ok, [str(f) for f in report.findings]
     entries = list(walk_entries(run_dir))
     failed = [e for e in entries if e.topic == TOPIC_MARKER_LANE_FAILED]
     assert len(failed) == 1 and entries[-1].topic == TOPIC_RUN_ENDED
@@ -315,3 +339,97 @@ def test_sidecar_sigkill_leaves_the_kernel_trading(
     assert len(errors) == 1 and "failed" in errors[0].getMessage()
     assert check_marker_stream(run_dir, manifest.high_watermark) == []
     assert fold_to(run_dir, manifest.high_watermark).obs == 100
+
+
+KERNEL_SCRIPT = textwrap.dedent(
+    """
+    import sys, uuid, time
+    from datetime import timedelta
+    from capture.config import DataMarkerConfig, EventStoreConfig, RegisteredComponents
+    from capture.store import EventStore
+    markers = DataMarkerConfig(safety_flush_interval=timedelta(seconds=60))
+    store = EventStore(EventStoreConfig(base_dir=sys.argv[1], data_markers=markers))
+    store.open(uuid.uuid4(), RegisteredComponents(), "live")
+    lane = store.marker_lane()
+    for i in range(3000):
+        store.observe_data("Trade", "ETH.SIM", i, i)
+        if i % 100 == 99:
+            store.append("data.bar", b"b", ts_init=i)
+    while lane.in_flight():
+        time.sleep(0.001)
+    print(lane.sidecar_pid, store.run_dir(), flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_kernel_sigkill_sidecar_accounts_for_what_it_took_and_exits(tmp_path: Path) -> None:
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", KERNEL_SCRIPT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert kernel.stdout is not None
+        pid_text, run_dir_text = kernel.stdout.readline().split()
+        sidecar_pid, run_dir = int(pid_text), Path(run_dir_text)
+        kernel.send_signal(signal.SIGKILL)
+        kernel.wait()
+        wait_until(lambda: not pid_alive(sidecar_pid), what="the orphaned sidecar to exit")
+    finally:
+        kernel.kill()
+        kernel.wait()
+    assert not shm_names(kernel.pid)
+    assert read_manifest(run_dir).status is RunStatus.RUNNING  # for the recovery sweep
+    final = fold_to(run_dir, 10**9)
+    assert final.cursors == {("Trade", "ETH.SIM"): Cursor(3000, 2999, 0)} and final.obs == 3000
+    assert check_marker_stream(run_dir, 31) == []
+
+
+def _crashed_run_with_markers(tmp_path: Path) -> Path:
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", KERNEL_SCRIPT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert kernel.stdout is not None
+        pid_text, run_dir_text = kernel.stdout.readline().split()
+        kernel.send_signal(signal.SIGKILL)
+        kernel.wait()
+        wait_until(lambda: not pid_alive(int(pid_text)), what="the orphaned sidecar to exit")
+    finally:
+        kernel.kill()
+        kernel.wait()
+    return Path(run_dir_text)
+
+
+def test_recovery_cuts_a_torn_marker_tail(tmp_path: Path) -> None:
+    run_dir = _crashed_run_with_markers(tmp_path)
+    (segment,) = run_dir.glob("markers-*.seg")
+    size = segment.stat().st_size
+    with segment.open("ab") as f:
+        f.write(b"RTFR" + bytes(30))  # an append cut short by the crash
+    plan = recover_run(run_dir)
+    assert plan.status is RunStatus.CRASHED_RECOVERED
+    assert segment.stat().st_size == size
+    manifest = read_manifest(run_dir)
+    records = list(iter_markers(run_dir))
+    assert manifest.marker_high_watermark == records[-1].marker_seq
+    assert check_marker_stream(run_dir, manifest.high_watermark) == []
+
+
+def test_damaged_marker_stream_does_not_quarantine_the_run(tmp_path: Path) -> None:
+    run_dir = _crashed_run_with_markers(tmp_path)
+    (segment,) = run_dir.glob("markers-*.seg")
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # damage inside the marker stream, not at its tail
+    segment.write_bytes(bytes(data))
+    plan = recover_run(run_dir)
+    manifest = read_manifest(run_dir)
+    assert plan.status is RunStatus.CRASHED_RECOVERED
+    assert manifest.status is RunStatus.CRASHED_RECOVERED
+    assert [f["stream"] for f in manifest.findings] == ["markers"]
+    assert [e.seq for e in walk_entries(run_dir)] == list(range(1, 32))  # entries intact

@@ -107,3 +107,18 @@ def test_markers_stream_and_frames(tmp_path: Path) -> None:
         list(iter_frames(run, "nope"))
     with pytest.raises(ValueError):
         list(iter_entries(run, from_seq=5, to_seq=4))
+
+
+def test_every_entry_before_the_damage_is_passed_on_first(tmp_path: Path) -> None:
+    run = make_run(tmp_path, 300, segment_bytes=4096)
+    seg = run / "events-000001.seg"
+    off, header = scan_segment(seg).frames[2]
+    data = bytearray(seg.read_bytes())
+    data[off + 70] ^= 0x10
+    seg.write_bytes(data)
+    seen = []
+    with pytest.raises(CorruptionError) as err:
+        for entry in iter_entries(run):
+            seen.append(entry.seq)
+    assert seen == list(range(1, header.first_seq))
+    assert err.value.finding.seq_from == header.first_seq

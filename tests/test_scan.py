@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import INSTANCE, make_run, records, write_stream
 
-from storage.entry import encode_entry
+from storage.entry import TOPIC_SNAPSHOT_ANCHOR, encode_entry
 from storage.findings import Kind
 from storage.frame import (
     CODEC_NONE,
@@ -26,6 +26,7 @@ from storage.frame import (
     encode_segment_header,
 )
 from storage.scan import SegmentScan, scan_segment, scan_stream
+from storage.status import RunStatus
 
 RUN_ID = "1700000000000000001-0badf00d"
 
@@ -318,3 +319,16 @@ def test_retention_may_start_a_stream_later(tmp_path: Path) -> None:
 
 def test_records_helper_numbers_from_one() -> None:
     assert len(records(5)) == 5
+
+
+def test_deep_scans_keep_the_anchor_entries(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "base", 0, status=RunStatus.RUNNING)
+    recs = [
+        encode_entry(s, s, s, TOPIC_SNAPSHOT_ANCHOR if s % 50 == 0 else "q", b"{}" * (s % 5))
+        for s in range(1, 301)
+    ]
+    write_stream(run, run.name, recs, segment_bytes=4096)
+    stream = scan_stream(run, "events")
+    assert [a.seq for a in stream.anchors] == [50, 100, 150, 200, 250, 300]
+    assert stream.anchors_complete and stream.anchors[0].topic == TOPIC_SNAPSHOT_ANCHOR
+    assert scan_stream(run, "events", deep=False).anchors == ()

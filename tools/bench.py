@@ -383,7 +383,7 @@ class _Channel:
     target: int
     items: list[tuple[str, bytes]]
     consumers: list[psutil.Process] = field(default_factory=list)
-    sent: int = 0  # pool index of the next message
+    sent: int = 0  # pool index of the next unpaced push
 
     def push(self, count: int) -> None:
         _unpaced(self.send, self.shape, self.items, count, self.sent)
@@ -395,7 +395,6 @@ class _Channel:
 
     def expect(self, count: int) -> None:
         """``count`` more were sent by someone else (a timed loop); wait for them too."""
-        self.sent += count
         self.target += count
         self.drain()
 

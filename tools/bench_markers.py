@@ -56,6 +56,7 @@ from capture.shm import SharedRegion, unlink_name
 from capture.store import EventStore
 from storage.manifest import read_manifest
 from storage.markers import TOPIC_HIFI, MarkerGap, check_marker_stream, iter_markers
+from tools.bench import _MachineCpu as MachineCpu
 
 SCHEMA: Final = "ringtape-bench-markers/1"
 RATE: Final = 200_000
@@ -72,7 +73,7 @@ INSTRUMENTS: Final = [
 ]
 CLASSES: Final = DataMarkerClass.all()
 PAYLOAD: Final = b"o" * 64
-STEPS: Final = (200_000, 300_000, 400_000, 600_000, 800_000)
+STEPS: Final = (200_000, 300_000, 400_000, 500_000, 600_000, 800_000)
 BATCH: Final = 100
 
 Mix = list[tuple[DataMarkerClass, str]]
@@ -217,6 +218,7 @@ def _paced(base: Path, quick: bool) -> dict[str, Any]:
     noop = _NoOp().observe_data
     overhead, _, _ = _paced_loop(noop, None, mix, RATE, min(count, 200_000))
     config = DataMarkerConfig(high_fidelity=list(HIFI))
+    machine = MachineCpu.now()
     with _store(base, config) as store:
         lane = _lane(store)
         pid = lane.sidecar_pid
@@ -227,6 +229,7 @@ def _paced(base: Path, quick: bool) -> dict[str, Any]:
         run_dir = store.run_dir()
         dropped, gaps = lane.dropped, lane.gaps
     assert run_dir is not None
+    load = MachineCpu.now().since(machine)
     return {
         "rate_per_s": RATE,
         "entries_per_s": RATE // ENTRY_EVERY,
@@ -242,6 +245,7 @@ def _paced(base: Path, quick: bool) -> dict[str, Any]:
         "dropped": dropped,
         "kernel_gaps": gaps,
         "sidecar_cpu_share": cpu / seconds,
+        "other_processes_cores": load["other_processes_cores"],
         **_marker_summary(run_dir),
     }
 
@@ -282,10 +286,12 @@ def _max_rate(base: Path, quick: bool) -> dict[str, Any]:
     steps = []
     best = 0.0
     for rate in (*STEPS, None):
+        machine = MachineCpu.now()
         with _store(base, config) as store:
             lane = _lane(store)
             calls, elapsed = _batched(store, mix, rate, seconds)
             dropped = lane.dropped
+        load = MachineCpu.now().since(machine)
         achieved = calls / elapsed
         steps.append(
             {
@@ -293,6 +299,7 @@ def _max_rate(base: Path, quick: bool) -> dict[str, Any]:
                 "achieved_per_s": achieved,
                 "dropped": dropped,
                 "producer_bound": rate is None or achieved < 0.97 * rate,
+                "other_processes_cores": load["other_processes_cores"],
             }
         )
         if dropped:

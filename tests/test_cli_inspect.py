@@ -1,0 +1,141 @@
+"""``ringtape inspect``, ``recover`` and ``prune`` through a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from conftest import INSTANCE, make_run
+from test_cli_support import frames, ringtape
+
+from storage.lock import WriterLock
+from storage.manifest import read_manifest, write_manifest
+from storage.status import RunStatus
+
+
+def inspect_json(path: Path) -> list[dict[str, object]]:
+    proc = ringtape("inspect", "--json", path)
+    assert proc.returncode == 0, proc.stderr
+    runs: list[dict[str, object]] = json.loads(proc.stdout)["runs"]
+    return runs
+
+
+def set_flags(run: Path, *flags: str) -> None:
+    manifest = read_manifest(run)
+    manifest.feature_flags = list(flags)
+    write_manifest(run, manifest)
+
+
+def torn_running_run(base: Path, start_ts: int) -> Path:
+    run = make_run(base, 60, status=RunStatus.RUNNING, ended=False, start_ts=start_ts)
+    seg = run / "events-000000.seg"
+    offset, size = frames(seg)[-1]
+    os.truncate(seg, offset + size // 2)
+    return run
+
+
+def test_inspect_table_and_json(tmp_path: Path) -> None:
+    old = make_run(tmp_path, 120, markers=7, start_ts=10)
+    new = make_run(tmp_path, 30, status=RunStatus.RUNNING, ended=False, start_ts=20)
+    manifest = read_manifest(new)
+    manifest.parent_run_id = old.name
+    write_manifest(new, manifest)
+    rows = {str(r["run_id"]): r for r in inspect_json(tmp_path)}
+    a, b = rows[old.name], rows[new.name]
+    assert (a["status"], a["entries"], a["first_seq"], a["last_seq"]) == ("ended", 120, 1, 120)
+    markers = a["markers"]
+    assert isinstance(markers, dict) and markers["total"] == 7
+    assert a["segments"] == 2 and a["anchors"] == 0 and a["parent_run_id"] is None
+    assert isinstance(a["bytes_on_disk"], int) and a["bytes_on_disk"] > 0
+    assert isinstance(a["compression_ratio"], float)
+    assert (b["status"], b["parent_run_id"], b["live"]) == ("running", old.name, False)
+    assert b["entries"] == 30
+    table = ringtape("inspect", tmp_path / INSTANCE)
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:3] == ["RUN", "PARENT", "STATUS"]
+    assert any(old.name in ln and "ended" in ln and "120" in ln for ln in lines)
+    assert any(ln.startswith(new.name) and old.name in ln for ln in lines)
+    lock = WriterLock.acquire(new)
+    try:
+        assert {str(r["run_id"]): r["live"] for r in inspect_json(new)} == {new.name: True}
+    finally:
+        lock.release()
+
+
+def test_inspect_a_damaged_run_and_a_bad_path(tmp_path: Path) -> None:
+    run = torn_running_run(tmp_path, 10)
+    (row,) = inspect_json(run)
+    assert "torn tail" in str(row["note"])
+    assert ringtape("inspect", tmp_path / "nope").returncode == 2
+    assert ringtape("inspect", tmp_path / INSTANCE / run.name / "manifest.json").returncode == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = ringtape("inspect", empty)
+    assert proc.returncode == 2 and "nothing to inspect" in proc.stderr
+
+
+def test_recover_seals_and_quarantines(tmp_path: Path) -> None:
+    torn = torn_running_run(tmp_path, 10)
+    damaged = make_run(tmp_path, 60, status=RunStatus.RUNNING, ended=False, start_ts=20)
+    seg = damaged / "events-000000.seg"
+    offset, size = frames(seg)[3]
+    data = seg.read_bytes()
+    seg.write_bytes(data[:offset] + data[offset + size :])  # a frame gone from the middle
+    sealed = make_run(tmp_path, 20, start_ts=30)
+    proc = ringtape("recover", tmp_path)
+    assert proc.returncode == 1, proc.stderr  # one run had to be quarantined
+    assert f"{torn.name}: running -> crashed_recovered" in proc.stdout
+    assert f"{damaged.name}: running -> quarantined" in proc.stdout
+    assert sealed.name not in proc.stdout
+    assert read_manifest(torn).status is RunStatus.CRASHED_RECOVERED
+    assert (torn / "events-000000.seg.torn").exists()
+    again = ringtape("recover", tmp_path, "--json")
+    assert again.returncode == 0
+    (instance,) = json.loads(again.stdout)["instances"]
+    assert instance == {"instance": INSTANCE, "recovered": [], "live": [], "skipped": []}
+    assert "nothing to recover" in ringtape("recover", tmp_path / INSTANCE).stdout
+
+
+def test_recover_leaves_a_live_run_alone(tmp_path: Path) -> None:
+    run = torn_running_run(tmp_path, 10)
+    lock = WriterLock.acquire(run)
+    try:
+        proc = ringtape("recover", tmp_path, "--instance", INSTANCE)
+    finally:
+        lock.release()
+    assert proc.returncode == 0 and "its writer is running" in proc.stdout
+    assert read_manifest(run).status is RunStatus.RUNNING
+    bad = ringtape("recover", tmp_path, "--instance", "../etc")
+    assert bad.returncode == 2 and "not an instance id" in bad.stderr
+
+
+def test_prune_bounded(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path, 20, start_ts=t) for t in (10, 20, 30)]
+    for run in runs:
+        set_flags(run, "retention=bounded")
+    proc = ringtape("prune", tmp_path)
+    assert proc.returncode == 2 and "--keep-last" in proc.stderr
+    dry = ringtape("prune", tmp_path, "--keep-last", "1", "--dry-run")
+    assert dry.returncode == 0 and "dry run" in dry.stdout
+    assert sum(f"reclaim  {r.name}" in dry.stdout for r in runs) == 2
+    assert all(r.exists() for r in runs)
+    done = ringtape("prune", tmp_path, "--keep-last", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    (instance,) = json.loads(done.stdout)["instances"]
+    assert sorted(instance["reclaimed"]) == sorted(r.name for r in runs[:2])
+    assert [r.exists() for r in runs] == [False, False, True]
+
+
+def test_prune_mode_from_the_manifest_and_bad_options(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path, 20, start_ts=t) for t in (10, 20)]
+    proc = ringtape("prune", tmp_path)
+    assert proc.returncode == 2 and "--mode" in proc.stderr  # no flag recorded
+    set_flags(runs[-1], "retention=full")
+    full = ringtape("prune", tmp_path)
+    assert full.returncode == 0 and "Full" in full.stdout and all(r.exists() for r in runs)
+    wrong = ringtape("prune", tmp_path, "--mode", "full", "--keep-last", "2")
+    assert wrong.returncode == 2 and "bounded" in wrong.stderr
+    assert ringtape("prune", tmp_path, "--mode", "weekly").returncode == 2
+    assert ringtape("prune", tmp_path / "nope").returncode == 2

@@ -1,0 +1,241 @@
+"""What every ``ringtape`` subcommand shares: exit statuses, the one-line error, path checks,
+number and time formatting, and tables and progress bars that behave on a pipe.
+
+Rules for subcommands:
+
+1. Exit status: :data:`EXIT_OK` when everything checked out, :data:`EXIT_FINDINGS` when
+   something was found wrong (damage, a failed parity check), :data:`EXIT_ERROR` when the
+   command could not run at all (no such path, permission denied, bad usage).
+2. A problem the user can act on is raised as :class:`CliError`; ``tools.cli.main`` prints it
+   as one line, ``ringtape: <message>``, never a traceback.
+3. Results go to stdout, progress and errors to stderr. A progress bar appears only when stderr
+   is a terminal and the output is not JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from storage.layout import inside, list_instances, list_runs
+
+EXIT_OK: Final = 0
+EXIT_FINDINGS: Final = 1
+EXIT_ERROR: Final = 2
+
+# Below this many bytes a progress bar would only flicker.
+PROGRESS_MIN_BYTES: Final = 32 << 20
+
+
+class CliError(Exception):
+    """A problem reported as one line on stderr, with exit status :data:`EXIT_ERROR`."""
+
+
+def check_path(text: str, *, want_dir: bool = False) -> Path:
+    """``text`` as a path that exists and can be read (and searched, for a directory)."""
+    path = Path(text)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CliError(f"{text}: no such file or directory") from None
+    except PermissionError:
+        raise CliError(f"{text}: permission denied") from None
+    except OSError as exc:
+        raise CliError(f"{text}: {exc.strerror or exc}") from None
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if want_dir and not is_dir:
+        raise CliError(f"{text}: not a directory")
+    if not os.access(path, os.R_OK | (os.X_OK if is_dir else 0)):
+        raise CliError(f"{text}: permission denied")
+    return path
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def default_jobs() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_ratio(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def format_ts(ns: int | None) -> str:
+    """A ts_init (ns since the UNIX epoch) as UTC time to the millisecond."""
+    if ns is None:
+        return "-"
+    try:
+        when = datetime.fromtimestamp(ns / 1e9, UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(ns)
+    return when.strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d}"
+
+
+def format_seq_range(first: int | None, last: int | None) -> str:
+    if first is None:
+        return "-"
+    return f"{first}..{'' if last is None else last}"
+
+
+def console(stream: TextIO | None = None) -> Console:
+    """A rich console on ``stream`` (stdout); on a pipe it is wide and plain, so one table row
+    stays one line and no escape codes reach a file."""
+    stream = sys.stdout if stream is None else stream
+    terminal = stream.isatty()
+    return Console(
+        file=stream,
+        width=None if terminal else 400,
+        highlight=False,
+        soft_wrap=not terminal,
+        no_color=not terminal,
+    )
+
+
+def table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: Sequence[str] = (),
+    header: bool = True,
+) -> Table:
+    """A borderless table; cells are plain text (never rich markup: paths may hold ``[``)."""
+    out = Table(box=None, pad_edge=False, show_edge=False, show_header=header, header_style="bold")
+    for name in columns:
+        out.add_column(name, justify="right" if name in right else "left", no_wrap=True)
+    for row in rows:
+        out.add_row(*(Text(cell) for cell in row))
+    return out
+
+
+def emit(out: Console, renderable: Table) -> None:
+    """Print a table; on a pipe without the padding rich adds at the end of each line."""
+    if out.is_terminal:
+        out.print(renderable)
+        return
+    with out.capture() as captured:
+        out.print(renderable)
+    text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+    out.file.write(text + "\n")
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+@contextmanager
+def byte_progress(description: str, enabled: bool) -> Iterator[ProgressFn | None]:
+    """A ``progress(done, total)`` callback drawing a transient bar on stderr, or ``None``.
+
+    The bar appears only once the total is known to be large enough to be worth watching.
+    """
+    if not enabled:
+        yield None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(file=sys.stderr),
+        transient=True,
+    )
+    task: list[TaskID] = []
+
+    def update(done: int, total: int) -> None:
+        if not task:
+            if total < PROGRESS_MIN_BYTES:
+                return
+            bar.start()
+            task.append(bar.add_task(description, total=total))
+        bar.update(task[0], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if task:
+            bar.stop()
+
+
+def progress_wanted(json_output: bool) -> bool:
+    """Draw progress bars? Only for people: stderr is a terminal and the output is not JSON."""
+    return not json_output and sys.stderr.isatty()
+
+
+def instance_dirs(base_text: str, instance: str | None) -> list[Path]:
+    """The instance directories a maintenance command works on.
+
+    ``--instance ID`` names one under the base directory. Without it: every instance under the
+    base directory, or the directory itself when it is an instance directory.
+    """
+    base = check_path(base_text, want_dir=True)
+    if instance is not None:
+        try:
+            uuid.UUID(instance)
+        except ValueError:
+            raise CliError(f"--instance {instance!r} is not an instance id (a UUID)") from None
+        try:
+            path = inside(base, instance)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        if not path.is_dir():
+            raise CliError(f"{base_text}: no instance {instance}")
+        return [path]
+    found = [base / name for name in list_instances(base)]
+    if found:
+        return found
+    if _is_uuid(base.name) and list_runs(base):
+        return [base]
+    raise CliError(f"{base_text}: no instance directories (expected <base>/<instance id>/<run id>)")
+
+
+def _is_uuid(name: str) -> bool:
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        return False
+    return True

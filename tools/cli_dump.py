@@ -1,0 +1,192 @@
+"""``ringtape dump RUN``: a run's entries (or its marker records) as JSON lines, streamed.
+
+One object per line, in seq order::
+
+    {"seq": 42, "ts_init": ..., "ts_publish": ..., "topic": "events.order.filled",
+     "payload_type": "OrderFilled", "correlation_id": null, "causation_id": null,
+     "encoding": "json", "payload": {...}}
+
+``encoding`` is ``"json"`` when the payload is UTF-8 JSON (``payload`` is then that JSON
+value) and ``"base64"`` otherwise (``payload`` is then a base64 string). Every frame is
+checked on the way (``storage.reader``); the dump stops at the first damage, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fnmatch
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+from storage import markers as marker_format
+from storage.entry import Entry
+from storage.layout import MANIFEST_NAME, list_segments
+from storage.reader import CorruptionError, iter_entries
+from tools.cli_common import EXIT_FINDINGS, EXIT_OK, CliError, check_path
+
+HELP: Final = "print a run's entries (or marker records) as JSON lines"
+DESCRIPTION: Final = """\
+Print the entries of the run directory RUN as JSON lines, in seq order: seq, ts_init,
+ts_publish, topic, payload_type, correlation_id, causation_id, encoding and payload (the JSON
+value when the payload is UTF-8 JSON, else base64). Every frame is verified as it is read;
+the dump stops at the first damage with exit status 1.
+
+Times for --since/--until are ns since the UNIX epoch or ISO 8601 (UTC unless an offset is
+given); both bounds are inclusive and apply to ts_init.
+exit status: 0, 1 when the dump stopped at damage, 2 when it could not run"""
+EPILOG: Final = """\
+examples:
+  ringtape dump RUN | head -5
+  ringtape dump RUN --topic 'events.order.*' --from-seq 1000 --to-seq 2000
+  ringtape dump RUN --since 2026-11-25T09:30:00Z --until 2026-11-25T09:31:00Z
+  ringtape dump RUN --markers | jq 'select(.kind == "gap")'"""
+
+# Lines are written in batches: one write per batch rather than per entry.
+_BATCH: Final = 512
+
+
+def parse_time(text: str) -> int:
+    """ns since the UNIX epoch, from an integer or an ISO 8601 time (naive means UTC)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither ns since the epoch nor an ISO 8601 time"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    delta = when - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def seq_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sequence number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"sequence numbers start at 1, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="a run directory")
+    parser.add_argument("--from-seq", type=seq_arg, default=1, metavar="SEQ", help="first seq")
+    parser.add_argument("--to-seq", type=seq_arg, metavar="SEQ", help="last seq (inclusive)")
+    parser.add_argument(
+        "--topic", metavar="GLOB", help="only topics matching GLOB (fnmatch: *, ?, [..])"
+    )
+    parser.add_argument("--since", type=parse_time, metavar="TIME", help="ts_init >= TIME")
+    parser.add_argument("--until", type=parse_time, metavar="TIME", help="ts_init <= TIME")
+    parser.add_argument(
+        "--markers",
+        action="store_true",
+        help="dump the marker stream instead (seq filters apply to marker_seq)",
+    )
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; such a payload is dumped as base64.
+    raise ValueError(f"{name} is not JSON")
+
+
+def payload_fields(payload: bytes) -> dict[str, Any]:
+    """``encoding`` and ``payload``: the JSON value of a UTF-8 JSON payload, else base64."""
+    if payload:
+        try:
+            value = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+            return {"encoding": "json", "payload": value}
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            pass
+    return {"encoding": "base64", "payload": base64.b64encode(payload).decode("ascii")}
+
+
+def entry_to_dict(entry: Entry) -> dict[str, Any]:
+    """The JSON-lines object of one entry."""
+    return {
+        "seq": entry.seq,
+        "ts_init": entry.ts_init,
+        "ts_publish": entry.ts_publish,
+        "topic": entry.topic,
+        "payload_type": entry.payload_type,
+        "correlation_id": None if entry.correlation_id is None else str(entry.correlation_id),
+        "causation_id": None if entry.causation_id is None else str(entry.causation_id),
+        **payload_fields(entry.payload),
+    }
+
+
+def _in_time(ts: int, args: argparse.Namespace) -> bool:
+    return (args.since is None or ts >= args.since) and (args.until is None or ts <= args.until)
+
+
+def _entries(run_dir: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    topic = args.topic
+    for entry in iter_entries(run_dir, from_seq=args.from_seq, to_seq=args.to_seq):
+        if topic is not None and not fnmatch.fnmatchcase(entry.topic, topic):
+            continue
+        if _in_time(entry.ts_init, args):
+            yield entry_to_dict(entry)
+
+
+def _markers(run_dir: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    records = getattr(marker_format, "iter_marker_records", None)
+    if records is None:
+        raise CliError("this build cannot decode marker records (storage.markers is incomplete)")
+    for rec in records(run_dir):
+        seq = int(rec.get("marker_seq", 0))
+        if seq < args.from_seq:
+            continue
+        if args.to_seq is not None and seq > args.to_seq:
+            return
+        ts = rec.get("ts_init")
+        if not isinstance(ts, int) or _in_time(ts, args):
+            yield rec
+
+
+def write_lines(objects: Iterable[dict[str, Any]], out: TextIO) -> None:
+    """Write one JSON object per line, a batch at a time; what was read before a failure is
+    written before the failure propagates."""
+    batch: list[str] = []
+    try:
+        for obj in objects:
+            batch.append(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+            if len(batch) >= _BATCH:
+                out.write("\n".join(batch) + "\n")
+                batch.clear()
+    finally:
+        if batch:
+            out.write("\n".join(batch) + "\n")
+        out.flush()
+
+
+def _check_run_dir(text: str) -> Path:
+    path = check_path(text, want_dir=True)
+    has_segments = list_segments(path, "events") or list_segments(path, "markers")
+    if not (path / MANIFEST_NAME).exists() and not has_segments:
+        raise CliError(f"{text}: not a run directory (no manifest.json, no segment files)")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.to_seq is not None and args.to_seq < args.from_seq:
+        raise CliError(f"--to-seq {args.to_seq} is before --from-seq {args.from_seq}")
+    if args.markers and args.topic is not None:
+        raise CliError("--topic does not apply to --markers (marker records have no topic)")
+    run_dir = _check_run_dir(args.run)
+    source = _markers(run_dir, args) if args.markers else _entries(run_dir, args)
+    try:
+        write_lines(source, sys.stdout)
+    except CorruptionError as exc:
+        sys.stdout.flush()
+        print(f"ringtape: dump stopped at damage: {exc.finding}", file=sys.stderr)
+        return EXIT_FINDINGS
+    except ValueError as exc:  # a range before what retention kept
+        raise CliError(str(exc)) from None
+    return EXIT_OK

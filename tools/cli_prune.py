@@ -1,0 +1,154 @@
+"""``ringtape prune BASE_DIR``: apply the retention mode, or show what it would reclaim.
+
+The plan is ``storage.retention.plan_retention`` (pure); reclaiming is ``apply_plan``
+(rename into ``.trash``, fsync, then delete). The mode comes from ``--mode`` or, by default,
+from the ``retention=…`` feature flag of the instance's newest readable manifest. ``Bounded``'s
+``keep_last`` is not recorded in manifests, so it must be given with ``--keep-last``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from storage.layout import list_runs
+from storage.manifest import ManifestError, read_manifest
+from storage.retention import RetentionPlan, apply_plan, describe_instance, plan_retention
+from tools.cli_common import EXIT_OK, CliError, instance_dirs, positive_int
+
+HELP: Final = "reclaim sealed runs per the retention mode (--dry-run to preview)"
+DESCRIPTION: Final = """\
+Reclaim disk under BASE_DIR per a retention mode: full keeps everything; bounded keeps the
+newest N sealed runs (--keep-last N) and the newest restore point; snapshot keeps the newest
+restore point's anchor and what follows it. Running, quarantined and live-parent runs are never
+touched. Without --mode the mode is the retention=... feature flag of each instance's newest
+manifest. --dry-run prints the plan and changes nothing.
+
+exit status: 0 done, 2 could not run (no mode, bounded without --keep-last, bad path)"""
+EPILOG: Final = """\
+examples:
+  ringtape prune ./ringtape-demo --dry-run --mode bounded --keep-last 3
+  ringtape prune /data/ringtape --instance 5b0f3c9e-8a51-4c1e-9d7a-2f6b1e0c4d3a
+  ringtape prune /data/ringtape --mode snapshot --json"""
+
+# Command-line names of the modes, and how manifests record them (RetentionMode.feature_flag).
+MODES: Final = {"full": "Full", "bounded": "Bounded", "snapshot": "SnapshotAnchored"}
+FLAG_PREFIX: Final = "retention="
+
+
+@dataclass
+class InstancePlan:
+    instance_dir: Path
+    mode: str  # a key of MODES
+    plan: RetentionPlan
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("base_dir", metavar="BASE_DIR", help="the store's base directory")
+    parser.add_argument("--instance", metavar="ID", help="only this instance (a UUID)")
+    parser.add_argument(
+        "--mode", choices=sorted(MODES), help="retention mode (default: the newest manifest's)"
+    )
+    parser.add_argument(
+        "--keep-last", type=positive_int, metavar="N", help="sealed runs bounded mode keeps"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument("--json", action="store_true", help="print the plan and result as JSON")
+
+
+def recorded_mode(instance_dir: Path) -> str | None:
+    """The mode in the ``retention=`` feature flag of the newest readable manifest."""
+    for run_id in reversed(list_runs(instance_dir)):
+        try:
+            flags = read_manifest(instance_dir / run_id).feature_flags
+        except ManifestError:
+            continue
+        for flag in flags:
+            if isinstance(flag, str) and flag.startswith(FLAG_PREFIX):
+                return flag.removeprefix(FLAG_PREFIX)
+        return None
+    return None
+
+
+def _mode_for(instance_dir: Path, args: argparse.Namespace) -> str:
+    mode = args.mode or recorded_mode(instance_dir)
+    if mode is None:
+        raise CliError(
+            f"instance {instance_dir.name}: no manifest records a retention mode; pass --mode"
+        )
+    if mode not in MODES:
+        raise CliError(f"instance {instance_dir.name}: unknown retention mode {mode!r}")
+    if mode == "bounded" and args.keep_last is None:
+        raise CliError(
+            f"instance {instance_dir.name}: bounded retention needs --keep-last N"
+            " (manifests record the mode, not N)"
+        )
+    if mode != "bounded" and args.keep_last is not None:
+        raise CliError(f"--keep-last applies to bounded retention only, the mode is {mode}")
+    return mode
+
+
+def make_plans(targets: list[Path], args: argparse.Namespace) -> list[InstancePlan]:
+    """Every instance's plan, decided before anything is touched."""
+    plans = []
+    for d in targets:
+        mode = _mode_for(d, args)
+        keep = args.keep_last if mode == "bounded" else None
+        try:
+            plan = plan_retention(describe_instance(d), MODES[mode], keep)
+        except ValueError as exc:
+            raise CliError(f"instance {d.name}: {exc}") from None
+        plans.append(InstancePlan(d, mode, plan))
+    return plans
+
+
+def _plan_dict(p: InstancePlan, reclaimed: list[str] | None) -> dict[str, Any]:
+    return {
+        "instance": p.instance_dir.name,
+        "mode": p.plan.mode,
+        "keep": [{"run_id": r, "why": why} for r, why in p.plan.keep],
+        "reclaim": [
+            {
+                "run_id": r.run_id,
+                "whole_run": r.whole_run,
+                "paths": [str(x) for x in r.paths],
+                "bytes": r.bytes,
+                "reason": r.reason,
+            }
+            for r in p.plan.reclaim
+        ],
+        "reclaim_bytes": p.plan.reclaim_bytes,
+        "reclaimed": reclaimed,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    plans = make_plans(instance_dirs(args.base_dir, args.instance), args)
+    logging.getLogger("ringtape.retention").setLevel(logging.ERROR)
+    results: list[dict[str, Any]] = []
+    for p in plans:
+        if not args.json:
+            print(f"instance {p.instance_dir.name}:")
+            print("\n".join("  " + line for line in p.plan.lines()))
+        reclaimed: list[str] | None = None
+        if not args.dry_run and p.plan.reclaim:
+            done = apply_plan(p.instance_dir, p.plan)
+            reclaimed = [r.run_id for r in done]
+            if not args.json:
+                freed = sum(r.bytes for r in done)
+                print(f"  reclaimed {len(done)} of {len(p.plan.reclaim)} item(s), {freed} bytes")
+                skipped = len(p.plan.reclaim) - len(done)
+                if skipped:
+                    print(f"  {skipped} item(s) changed since planning and were left alone")
+        elif args.dry_run and not args.json:
+            print("  dry run: nothing was changed")
+        results.append(_plan_dict(p, reclaimed))
+    if args.json:
+        json.dump({"dry_run": args.dry_run, "instances": results}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return EXIT_OK
