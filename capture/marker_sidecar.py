@@ -2,8 +2,9 @@
 
 Loop, top to bottom:
 
-1. Take what the kernel published (validated by each record's ``rseq``, see capture/markers.py)
-   and free it at once. Nothing new: idle through the wait strategy, but never past the next
+1. Take everything the kernel published (validated by each record's ``rseq``, see
+   capture/markers.py) into a bounded backlog, freeing the ring at once, and fold the backlog in
+   chunks between takes. Nothing new: idle through the wait strategy, but never past the next
    deadline (safety flush, commit), so a timer fires even when no message arrives.
 2. Fold it (:class:`MarkerFolder`, no I/O): one cursor per (class, instrument) stream, a
    ``marker.cursor`` snapshot of the advanced cursors whenever ``event_seq_before`` moves (an
@@ -12,7 +13,8 @@ Loop, top to bottom:
    numbers jump (the kernel dropped them on a full ring).
 3. When data advanced but no snapshot was written for ``safety_flush_interval``: snapshot.
 4. Commit (at most every ``commit_latency_s``, or when much is waiting): frames to the marker
-   segments, one fdatasync, then publish ``DURABLE_MARKER_SEQ``/``DURABLE_OBS``.
+   segments; the :class:`Syncer` thread fdatasyncs them and then publishes
+   ``DURABLE_MARKER_SEQ``/``DURABLE_OBS``, so a slow disk delays durability, never draining.
 5. On the kernel's close request: drain up to ``FINAL_RSEQ``, a last snapshot, a trailing gap
    for drops after the last delivered observation, commit, ``CLOSED``. When the kernel process
    is gone: the same without the trailing gap; the run stays for the recovery sweep.
@@ -25,7 +27,9 @@ import pickle
 import signal
 import struct
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
@@ -79,6 +83,8 @@ from storage.markers import (
 from storage.segment_writer import SegmentWriter
 
 MAX_TAKE: Final = 8192
+FOLD_CHUNK: Final = 2048
+MAX_BACKLOG: Final = 1 << 20
 FRAME_RECORDS: Final = 4096
 COMMIT_RECORDS: Final = 16384
 IDLE_SLEEP_S: Final = 0.05
@@ -126,6 +132,63 @@ class NapWait:
             time.sleep(self._nap_s)
             return
         self._sleep(self._timeout)
+
+
+class Syncer:
+    """fdatasync off the drain path. The loop writes frames and asks for a sync up to a mark;
+    this thread syncs (holding ``io``, so no frame is written or segment rolled meanwhile) and
+    only then publishes the mark as ``DURABLE_MARKER_SEQ``/``DURABLE_OBS``. A disk under
+    other load can take hundreds of milliseconds for one fdatasync: the ring must not wait."""
+
+    def __init__(self, segments: SegmentWriter, ctrl: memoryview) -> None:
+        self.io = threading.Lock()
+        self._segments = segments
+        self._ctrl = ctrl
+        self._cv = threading.Condition()
+        self._mark: tuple[int, int] | None = None
+        self._stopping = False
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="marker-syncer", daemon=True)
+        self._thread.start()
+
+    def request(self, mark: tuple[int, int]) -> None:
+        """Make everything written so far durable, then publish ``mark`` (seq, accounted)."""
+        with self._cv:
+            self._mark = mark
+            self._cv.notify()
+
+    def publish(self, mark: tuple[int, int]) -> None:
+        self._ctrl[DURABLE_MARKER_SEQ] = mark[0]
+        self._ctrl[DURABLE_OBS] = mark[1]
+
+    def check(self) -> None:
+        """Raise the syncer's disk error, if it had one, in the loop's thread."""
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Finish the sync asked for, then end the thread."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join()
+        self.check()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._mark is None and not self._stopping:
+                    self._cv.wait()
+                mark, self._mark = self._mark, None
+            if mark is None:
+                return
+            try:
+                with self.io:
+                    self._segments.sync()
+            except OSError as exc:
+                self._error = exc
+                return
+            self.publish(mark)
 
 
 class ProtocolError(RuntimeError):
@@ -348,6 +411,9 @@ class SidecarLoop:
         self.segments = segments
         self.doorbell = doorbell
         self.folder = MarkerFolder(args.high_fidelity)
+        self.syncer = Syncer(segments, views.ctrl)
+        self.backlog: deque[npt.NDArray[np.void]] = deque()
+        self.backlog_len = 0
         self.wait = NapWait(self._sleep)
         self.out_since = 0.0
         self.stop_requested = False
@@ -368,10 +434,11 @@ class SidecarLoop:
         ctrl = self.ctrl
         d = self.deadline()
         if d is not None:
-            timeout = min(timeout, max(0.0, d - time.monotonic()))
+            # At least a nap: a commit that waits for the syncer must not make this a spin.
+            timeout = min(timeout, max(NAP_S, d - time.monotonic()))
         ctrl[CONSUMER_SLEEPING] = 1
         # Re-check after announcing sleep: a record published just before would get no bell.
-        if timeout > 0 and not self.ring.has_next() and not ctrl[CLOSE_REQUEST]:
+        if not self.ring.has_next() and not ctrl[CLOSE_REQUEST]:
             self.doorbell.wait(timeout)
         ctrl[CONSUMER_SLEEPING] = 0
 
@@ -385,7 +452,9 @@ class SidecarLoop:
         folder = self.folder
         streak = 0
         while True:
-            rows = self.ring.take()
+            self.syncer.check()
+            took = self.pull()
+            rows = self.next_chunk()
             now = time.monotonic()
             if rows is not None:
                 if not folder.out:
@@ -400,36 +469,73 @@ class SidecarLoop:
                 or now - self.out_since >= self.args.commit_latency_s
             ):
                 self.commit()
-            if rows is not None:
+            if took or rows is not None:
                 streak = 0
                 continue
             if ctrl[CLOSE_REQUEST] and self.ring.read >= int(ctrl[FINAL_RSEQ]):
                 folder.finish(int(ctrl[FINAL_OBS]))
-                self.commit()
+                self.commit(final=True)
                 ctrl[SIDECAR_STATE] = STATE_CLOSED
                 return
             if self.parent_gone():
                 folder.finish(None)  # unknown: what the kernel dropped at the end is lost
-                self.commit()
+                self.commit(final=True)
                 return
             streak += 1
             self.wait.idle(streak)
 
-    def commit(self) -> None:
-        """Frames for everything produced, one fdatasync, then publish the durable marks."""
-        records, first_seq = self.folder.take_output()
-        accounted = self.folder.accounted
-        if records:
+    def pull(self) -> bool:
+        """Take everything published into the backlog, freeing ring space at once.
+
+        Taking is a copy, far cheaper than folding: a sidecar that gets little CPU for a
+        while (a busy 2-core machine) still empties the ring whenever it runs, and folds the
+        backlog in chunks between pulls. The backlog is bounded (``MAX_BACKLOG`` records);
+        past that the ring fills and the kernel's drops become gaps, as they must.
+        """
+        took = False
+        while self.backlog_len < MAX_BACKLOG and (rows := self.ring.take()) is not None:
+            self.backlog.append(rows)
+            self.backlog_len += len(rows)
+            took = True
+        return took
+
+    def next_chunk(self) -> npt.NDArray[np.void] | None:
+        """Up to ``FOLD_CHUNK`` records from the front of the backlog."""
+        if not self.backlog:
+            return None
+        rows = self.backlog.popleft()
+        if len(rows) > FOLD_CHUNK:
+            self.backlog.appendleft(rows[FOLD_CHUNK:])
+            rows = rows[:FOLD_CHUNK]
+        self.backlog_len -= len(rows)
+        return rows
+
+    def commit(self, *, final: bool = False) -> None:
+        """Write frames for everything produced and hand them to the syncer. While the syncer
+        is inside an fdatasync the frames wait in memory and the loop goes on draining the
+        ring. ``final``: stop the syncer, then write and sync here."""
+        if final:
+            self.syncer.stop()
+        elif not self.syncer.io.acquire(blocking=False):
+            return
+        try:
+            records, first_seq = self.folder.take_output()
             for i in range(0, len(records), FRAME_RECORDS):
                 chunk = records[i : i + FRAME_RECORDS]
                 lengths = np.fromiter((len(r) for r in chunk), np.int64, len(chunk))
                 offsets = np.cumsum(lengths) - lengths
                 self.segments.append(b"".join(chunk), offsets, first_seq + i)
-            self.segments.sync()
-            self.ctrl[DURABLE_MARKER_SEQ] = first_seq + len(records) - 1
-        self.ctrl[DURABLE_OBS] = accounted
+        finally:
+            if not final:
+                self.syncer.io.release()
+        mark = (self.folder.next_seq - 1, self.folder.accounted)
         self.ctrl[GAP_RECORDS] = self.folder.gap_records
         self.ctrl[GAP_OBSERVATIONS] = self.folder.gap_observations
+        if final:
+            self.segments.sync()
+            self.syncer.publish(mark)
+        else:
+            self.syncer.request(mark)
 
 
 def _report_failure(views: MarkerViews, err: int, text: str) -> None:

@@ -40,6 +40,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,7 @@ RECORD_DTYPE: Final = np.dtype(
 assert RECORD_DTYPE.itemsize == RECORD_SIZE
 
 CLASS_CODES: Final = {c: i for i, c in enumerate(DataMarkerClass.all())}
+_READY_POLL_S: Final = 0.001
 MAX_GAP_RANGES: Final = 1024
 
 
@@ -276,10 +278,17 @@ class MarkerLane:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(
-        self, run_dir: Path, run_id: str, *, segment_max_bytes: int, compression_level: int
+        self,
+        run_dir: Path,
+        run_id: str,
+        *,
+        segment_max_bytes: int,
+        compression_level: int,
+        ready_timeout: float = 5.0,
     ) -> None:
-        """Create the ring and spawn the sidecar. A sidecar that cannot start makes the lane
-        fail (recorded, logged) rather than the run."""
+        """Create the ring, spawn the sidecar and wait (up to ``ready_timeout``) until it runs,
+        so that a burst of data right after ``open`` does not overflow a ring nobody drains yet.
+        A sidecar that cannot start makes the lane fail (recorded, logged), never the run."""
         self._reset()
         self._run_dir = run_dir
         g = self._geometry
@@ -319,6 +328,13 @@ class MarkerLane:
         )
         self._monitor = monitor
         monitor.start()
+        deadline = time.monotonic() + ready_timeout
+        while (
+            views.ctrl[SIDECAR_STATE] == STATE_STARTING
+            and process.poll() is None
+            and time.monotonic() < deadline
+        ):
+            time.sleep(_READY_POLL_S)
 
     def bind(self, views: MarkerViews) -> None:
         """Produce into the mapped ring ``views`` from its current ``READ_SEQ``. ``start`` calls
@@ -517,13 +533,13 @@ class MarkerLane:
         table = self._enabled.get(data_class)
         if table is None:
             return  # class not enabled (or no run open)
-        obs = self._obs + 1
-        self._obs = obs
         stream = table.get(instrument_id)
-        if stream is None:
+        obs = self._obs + 1
+        if stream is None:  # a new stream (raises for a bad id before numbering anything)
             stream = self._new_stream(table, data_class, instrument_id, obs)
-            if stream < 0:
-                return
+        self._obs = obs
+        if stream < 0:
+            return
         rseq = self._rseq + 1
         if rseq > self._limit and not self._room(rseq, obs):
             return

@@ -72,6 +72,7 @@ STATE_CLOSED: Final = 2
 STATE_FAILED: Final = 3
 
 MIN_RING_BYTES: Final = 256 * 1024
+FRAME_BYTES: Final = 4 * 1024 * 1024  # records per frame, past its first (frames stay small)
 BYTES_PER_SLOT: Final = 512
 
 
@@ -161,16 +162,25 @@ class Batch:
     def last_seq(self) -> int:
         return self.first_seq + len(self.offsets) - 1
 
-    def frames(self, max_entries: int) -> list[tuple[int, memoryview, npt.NDArray[np.int64]]]:
-        """Split into frames of at most ``max_entries``: (first_seq, record bytes, offsets)."""
+    def frames(
+        self, max_entries: int, max_bytes: int = FRAME_BYTES
+    ) -> list[tuple[int, memoryview, npt.NDArray[np.int64]]]:
+        """Split into frames of at most ``max_entries`` entries and, past the first entry,
+        ``max_bytes`` of records: (first_seq, record bytes, offsets)."""
         out = []
         view = memoryview(self.records)
-        n = len(self.offsets)
-        for i in range(0, n, max_entries):
+        offsets = self.offsets
+        n = len(offsets)
+        i = 0
+        while i < n:
             j = min(n, i + max_entries)
-            start = int(self.offsets[i])
-            stop = int(self.offsets[j]) if j < n else len(self.records)
-            out.append((self.first_seq + i, view[start:stop], self.offsets[i:j] - start))
+            start = int(offsets[i])
+            if (int(offsets[j]) if j < n else len(self.records)) - start > max_bytes:
+                # the last record that still starts within max_bytes ends the frame
+                j = max(i + 1, int(np.searchsorted(offsets, start + max_bytes, side="right")) - 1)
+            stop = int(offsets[j]) if j < n else len(self.records)
+            out.append((self.first_seq + i, view[start:stop], offsets[i:j] - start))
+            i = j
         return out
 
 
@@ -252,8 +262,8 @@ class RingConsumer:
         ends = pos + lengths
         if max_bytes and n > 1:
             over = np.flatnonzero(ends - pos[0] > max_bytes)
-            if over.size and over[0] > 0:
-                n = int(over[0])
+            if over.size:
+                n = max(1, int(over[0]))  # the first record always goes, however large
                 pos, lengths, ends = pos[:n], lengths[:n], ends[:n]
         phys = pos & self._rmask
         # Contiguous runs split where the physical offset goes back (a wrap).

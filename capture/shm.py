@@ -28,7 +28,8 @@ class SharedRegion:
     def __init__(self, name: str, fd: int, size: int) -> None:
         self.name = name
         self.size = size
-        self._mmap = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        # MAP_POPULATE: map every page now, so the hot path never takes a first-touch fault.
+        self._mmap = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
         self.buf: memoryview = memoryview(self._mmap)
 
     @classmethod

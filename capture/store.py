@@ -58,7 +58,7 @@ from capture.ring import (
     RingGeometry,
     RingViews,
 )
-from capture.shm import SharedRegion, remove_orphans
+from capture.shm import SharedRegion, remove_orphans, unlink_name
 from capture.writer import WriterArgs, spawn_writer
 from storage.blobs import write_blob
 from storage.entry import (
@@ -73,6 +73,7 @@ from storage.entry import (
     encode_entry,
 )
 from storage.layout import RunPaths, inside, new_run_id
+from storage.lock import WriterLock
 from storage.manifest import Manifest, write_manifest
 from storage.reader import CorruptionError
 from storage.replay import ReplayResult, ReplaySourceError, replay_run
@@ -132,8 +133,10 @@ class _Session:
         views: RingViews,
         process: subprocess.Popen[bytes],
         doorbell: Doorbell,
+        lock: WriterLock,
     ) -> None:
         self.paths = paths
+        self.lock = lock
         self.manifest = manifest
         self.region = region
         self.views = views
@@ -249,6 +252,8 @@ class EventStore:
         if self._open:
             if iid != self._instance_id:
                 raise ValueError(f"a run of instance {self._instance_id} is open; seal it first")
+            if self._halted:
+                raise StoreHalted(self._halt_reason or HaltReason("Halted", "halted")) from None
             return
         base_dir = self.config.require_base_dir()
         self._boot_sweep(iid)
@@ -260,6 +265,10 @@ class EventStore:
         run_id = new_run_id(start_ts)
         paths = RunPaths(base_dir, str(iid), run_id)
         paths.create()
+        # Locked before the first manifest exists, released after the last one is written:
+        # no sweep can ever take this run for a dead one while it is being written.
+        lock = WriterLock.acquire(paths.run_dir)
+        lock.record_owner()
         manifest = Manifest(
             run_id=run_id,
             instance_id=str(iid),
@@ -271,8 +280,6 @@ class EventStore:
             feature_flags=[*self.config.identity.feature_flags, self.config.retention.feature_flag],
             environment=str(env),
         )
-        write_manifest(paths.run_dir, manifest)
-        self._start_session(paths, manifest, env)
         payload = json.dumps(
             {
                 "run_id": run_id,
@@ -286,12 +293,23 @@ class EventStore:
             separators=(",", ":"),
         ).encode()
         try:
+            write_manifest(paths.run_dir, manifest)
+            self._start_session(paths, manifest, env, lock)
+        except BaseException:  # Ctrl-C included: nothing half-open may stay behind
+            if self._session is not None:
+                self._teardown(kill=True)  # releases the lock too
+            else:
+                lock.release()
+            raise
+        try:
+            started = time.monotonic()
             self.append(TOPIC_RUN_STARTED, payload, payload_type="json", ts_init=start_ts)
             timeout = self.config.run_started_timeout.total_seconds()
             if not self._wait_durable(1, timeout):
                 raise RunStartedTimeout(
-                    f"RunStarted not durable within {timeout:.3f} s"
-                    + (f" ({self._halt_reason})" if self._halt_reason else "")
+                    f"RunStarted not durable after {time.monotonic() - started:.3f} s"
+                    f" (run_started_timeout {timeout:.3f} s)"
+                    + (f": {self._halt_reason}" if self._halt_reason else "")
                 )
         except BaseException:
             self._teardown(kill=True)
@@ -353,7 +371,12 @@ class EventStore:
     def durable_seq(self) -> int:
         """The highest seq that is fdatasync'd (0: nothing yet). A shared-memory read."""
         ctrl = self._ctrl
-        return int(ctrl[DURABLE_SEQ]) if ctrl is not None else self._final_durable
+        if ctrl is None:
+            return self._final_durable
+        try:
+            return int(ctrl[DURABLE_SEQ])
+        except ValueError:  # released by a teardown on another thread just now
+            return self._final_durable
 
     def seal(self, ts_init: int | None = None) -> None:
         """Append ``RunEnded``, make everything durable, mark the run ``ended``; idempotent.
@@ -582,6 +605,9 @@ class EventStore:
             self._seq_limit = int(ctrl[READ_SEQ]) + self._geometry.capacity
             if pos + n <= pos_limit and seq <= self._seq_limit:
                 self._fast_limit = min(pos_limit, lap_end)
+                if self.is_halted():  # the monitor thread halted us meanwhile: keep it so
+                    self._fast_limit = -1
+                    raise self._halted_error()
                 return pos
             if self._halted:
                 raise self._halted_error()
@@ -602,7 +628,9 @@ class EventStore:
 
     # -- session management ---------------------------------------------------------------
 
-    def _start_session(self, paths: RunPaths, manifest: Manifest, env: Environment) -> None:
+    def _start_session(
+        self, paths: RunPaths, manifest: Manifest, env: Environment, lock: WriterLock
+    ) -> None:
         g = self._geometry
         region = SharedRegion.create(g.region_size)
         views = RingViews(region.buf, g)
@@ -621,6 +649,7 @@ class EventStore:
             compression_level=self.options.compression_level,
             publish_clock="ts_init" if env is Environment.BACKTEST else "wall",
             faults=self.options.faults.writer_plan,
+            lock_fd=lock.fd,
         )
         doorbell = Doorbell(address)
         try:
@@ -629,11 +658,9 @@ class EventStore:
             doorbell.close()
             views.release()
             region.close()
-            from capture.shm import unlink_name
-
             unlink_name(region.name)
             raise
-        session = _Session(paths, manifest, region, views, process, doorbell)
+        session = _Session(paths, manifest, region, views, process, doorbell, lock)
         self._session = session
         self._reset_producer()
         self._ctrl = views.ctrl
@@ -654,6 +681,7 @@ class EventStore:
                 paths.run_id,
                 segment_max_bytes=self.options.segment_max_bytes,
                 compression_level=self.options.compression_level,
+                ready_timeout=self.config.run_started_timeout.total_seconds(),
             )
 
     def _append_marker_failure(self, topic: str, payload: bytes) -> object:
@@ -727,8 +755,11 @@ class EventStore:
             process.kill()
             process.wait()
         self._final_durable = int(session.views.ctrl[DURABLE_SEQ])
-        if session.monitor is not None:
+        # on_halt may call seal() from the monitor thread itself: it cannot join itself.
+        if session.monitor is not None and session.monitor is not threading.current_thread():
             session.monitor.join(1.0)
+        self._fast_limit = -1  # appends now take the slow path: StoreHalted or StoreNotOpen
+        self._seq_limit = -1
         self._ctrl = None
         self._index = None
         self._data = None
@@ -736,11 +767,8 @@ class EventStore:
         session.doorbell.close()
         session.views.release()
         session.region.close()
-        from capture.shm import unlink_name
-
         unlink_name(session.region.name)  # normally gone already: the writer unlinks on attach
-        self._fast_limit = -1  # appends now take the slow path: StoreHalted or StoreNotOpen
-        self._seq_limit = -1
+        session.lock.release()  # last: the run's manifest is final (or left for the sweep)
 
 
 def _join(process: subprocess.Popen[bytes], timeout: float) -> bool:

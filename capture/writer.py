@@ -59,6 +59,7 @@ from capture.ring import (
 from capture.shm import SharedRegion
 from capture.wait import BackoffWait
 from storage.frame import STREAM_EVENTS
+from storage.layout import LOCK_NAME
 from storage.lock import WriterLock
 from storage.segment_writer import SegmentWriter
 
@@ -87,6 +88,7 @@ class WriterArgs:
     segment_max_bytes: int
     compression_level: int
     publish_clock: str = "wall"  # "wall", or "ts_init" to copy ts_init (backtests)
+    lock_fd: int = -1  # the run's writer.lock, already locked by the kernel and passed down
     faults: FaultPlan = field(default_factory=FaultPlan)
 
 
@@ -107,6 +109,7 @@ class WriterLoop:
         self.faults = faults
         self.wait = BackoffWait(self._sleep)
         self.stop_requested = False
+        self.empty_at = time.monotonic()
 
     def parent_gone(self) -> bool:
         return self.stop_requested or os.getppid() != self.args.parent_pid
@@ -117,6 +120,8 @@ class WriterLoop:
         # Re-check after announcing sleep: an entry published just before would get no bell.
         if not self.ring.has(self.ring.read_seq + 1) and not ctrl[CLOSE_REQUEST]:
             self.doorbell.wait(timeout)
+        # Whatever is published now was published while we slept: most likely just now.
+        self.empty_at = time.monotonic()
         ctrl[CONSUMER_SLEEPING] = 0
         ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
 
@@ -129,6 +134,7 @@ class WriterLoop:
                 self._close_batch()
                 self._commit()
                 continue
+            self.empty_at = time.monotonic()
             close = int(ctrl[CLOSE_REQUEST])
             if close and self.ring.read_seq >= close:
                 ctrl[WRITER_STATE] = STATE_CLOSED
@@ -139,9 +145,17 @@ class WriterLoop:
             self.wait.idle(streak)
 
     def _close_batch(self) -> None:
-        """Wait until the batch should close (count, latency, close request or orphaned)."""
-        deadline = time.monotonic() + self.args.max_batch_latency_s
-        want = self.ring.read_seq + self.args.max_batch_entries
+        """Wait until the batch should close (count, latency, close request or orphaned).
+
+        The latency runs from the batch's first entry. The writer cannot see when that was
+        appended, only that it came after the ring was last seen empty (``empty_at``: the last
+        empty poll, or the last take of the previous commit), so it counts from then: a batch
+        may close a little early, never late — entries that arrived during a long fdatasync
+        do not wait another full latency.
+        """
+        deadline = self.empty_at + self.args.max_batch_latency_s
+        # A batch larger than the ring can never fill: then only the latency closes it.
+        want = self.ring.read_seq + min(self.args.max_batch_entries, self.args.capacity)
         ctrl = self.v.ctrl
         while (
             not self.ring.has(want)
@@ -152,17 +166,26 @@ class WriterLoop:
             time.sleep(min(remaining, BATCH_POLL_S))
 
     def _commit(self) -> None:
-        """Take what is published (group commit), write frames, fdatasync, publish."""
+        """Take what is published (group commit), write frames, fdatasync, publish.
+
+        The group is what was published when the commit started: another take follows only
+        when the last one came back full (a backlog). Chasing a producer that keeps
+        publishing would postpone the fdatasync, and the durable seq with it, indefinitely.
+        """
         ctrl = self.v.ctrl
         last = 0
         taken = 0
+        full = min(GROUP_ENTRIES, self.args.capacity)
         while taken < GROUP_BYTES:
-            batch = self.ring.take(GROUP_ENTRIES, GROUP_BYTES - taken)
+            self.empty_at = time.monotonic()  # what this take leaves behind is newer than this
+            batch = self.ring.take(full, GROUP_BYTES - taken)
             if batch is None:
                 break  # nothing more is published (or not fully visible yet)
             self._append(batch)
             taken += len(batch.records)
             last = batch.last_seq
+            if batch.count < full:
+                break
         if not last:
             os.sched_yield()
             return
@@ -211,7 +234,7 @@ def writer_main(args: WriterArgs) -> None:
     faults = FaultInjector(args.faults)
     code = EXIT_OK
     try:
-        lock = WriterLock.acquire(run_dir)
+        lock = WriterLock.adopt(args.lock_fd, run_dir / LOCK_NAME)
         doorbell = DoorbellListener(args.doorbell)
         segments = SegmentWriter(
             run_dir,
@@ -224,11 +247,10 @@ def writer_main(args: WriterArgs) -> None:
         )
         loop = WriterLoop(args, views, segments, doorbell, faults)
 
-        def on_term(signum: int, frame: object) -> None:
-            loop.stop_requested = True
-
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel decides; Ctrl-C reaches it
+        # The kernel decides when its writer stops (seal, or its own death): a SIGTERM or
+        # Ctrl-C sent to the whole process group must not end the record under a live kernel.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         views.ctrl[WRITER_STATE] = STATE_RUNNING
         loop.run()
         segments.close()
@@ -263,6 +285,7 @@ def spawn_writer(args: WriterArgs) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         env=env,
         close_fds=True,
+        pass_fds=(args.lock_fd,) if args.lock_fd >= 0 else (),
     )
     assert proc.stdin is not None
     try:

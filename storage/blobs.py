@@ -76,7 +76,9 @@ def write_blob(
     digest = content_hash(data)
     name = f"{digest.removeprefix(HASH_PREFIX)}.snap"
     blob_dir = run_dir / BLOB_DIR
-    make_private_dir(blob_dir)
+    if not blob_dir.is_dir():
+        make_private_dir(blob_dir)
+        fsync_dir(run_dir)
     final = blob_dir / name
     ref = f"{BLOB_DIR}/{name}"
     if not final.exists():

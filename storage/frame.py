@@ -207,6 +207,10 @@ class FrameEncoder:
         self, body: bytes, entry_count: int, first_seq: int, prev_checksum: int
     ) -> tuple[bytes, int]:
         """Header + stored bytes for one frame, and the frame's checksum (the next link)."""
+        if len(body) > MAX_FRAME_RAW or entry_count > MAX_FRAME_ENTRIES:
+            raise FormatError(
+                f"frame of {entry_count} entries, {len(body)} bytes exceeds the format's limits"
+            )
         stored = self._zstd.compress(body)
         codec = CODEC_ZSTD
         if len(stored) >= len(body):

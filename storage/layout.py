@@ -123,10 +123,17 @@ class RunPaths:
         return list_segments(self.run_dir, stream)
 
     def create(self) -> None:
-        make_private_dir(self.base_dir)
-        make_private_dir(self.instance_dir)
-        make_private_dir(self.run_dir)
-        fsync_dir(self.instance_dir)
+        """Create the run directory (and its parents) 0700; each new directory's entry is
+        fsynced into its parent so a power loss cannot take the run away after the fact."""
+        for parent, child in (
+            (self.base_dir.parent, self.base_dir),
+            (self.base_dir, self.instance_dir),
+            (self.instance_dir, self.run_dir),
+        ):
+            existed = child.is_dir()
+            make_private_dir(child)
+            if not existed:
+                fsync_dir(parent)
 
 
 def list_segments(run_dir: Path, stream: str) -> list[Path]:

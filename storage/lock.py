@@ -1,19 +1,33 @@
-"""The writer lock: how anyone tells a live run from a dead one.
+"""Run locks: how anyone tells a live run from a dead one.
 
-The writer process holds ``fcntl.flock(LOCK_EX)`` on ``<run_dir>/writer.lock`` for as long as
-it may append. The kernel releases such a lock when the process dies, however it dies, so a
-``running`` manifest whose lock can be taken belongs to a writer that is gone. Probing takes a
-shared lock on a read-only descriptor and never writes to the run.
+``fcntl.flock(LOCK_EX)`` on ``<run_dir>/writer.lock`` is held from *before* the run's first
+manifest is written until *after* its last one is: the kernel takes it in ``open()`` and hands
+the same open file to the writer process, so the lock lives as long as either of them does.
+The kernel releases such a lock when the process dies, however it dies, so a ``running``
+manifest whose lock can be taken belongs to a run nobody is writing. The lock file names its
+owner (``pid create_time``) so a sweep can tell "the kernel is alive" from "the kernel died
+and its writer is still draining". The marker sidecar holds ``markers.lock`` the same way.
+
+Probing (:func:`writer_alive`) takes a shared lock on a read-only descriptor for an instant
+and never writes. Recovery holds every lock of a run exclusively for as long as it works on it
+(:func:`hold_run`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from storage.layout import FILE_MODE, LOCK_NAME
+import psutil
+
+from storage.layout import FILE_MODE, LOCK_NAME, MARKER_LOCK_NAME
+
+RUN_LOCKS = (LOCK_NAME, MARKER_LOCK_NAME)
 
 
 class LockHeldError(RuntimeError):
@@ -21,25 +35,50 @@ class LockHeldError(RuntimeError):
 
 
 class WriterLock:
-    """An exclusive, non-blocking flock on ``writer.lock``, held until ``release()``."""
+    """An exclusive flock on a run's lock file, held until ``release()``."""
 
     def __init__(self, fd: int, path: Path) -> None:
         self._fd = fd
         self.path = path
 
+    @property
+    def fd(self) -> int:
+        return self._fd
+
     @classmethod
-    def acquire(cls, run_dir: Path, name: str = LOCK_NAME) -> WriterLock:
-        """Lock ``run_dir/name`` (the marker sidecar passes ``MARKER_LOCK_NAME``)."""
+    def acquire(
+        cls, run_dir: Path, name: str = LOCK_NAME, *, wait_s: float = 0.0, create: bool = True
+    ) -> WriterLock:
+        """Lock ``run_dir/name``; retry for up to ``wait_s`` (a probe holds it for an instant).
+        With ``create=False`` a missing lock file raises ``FileNotFoundError``."""
         path = run_dir / name
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise LockHeldError(f"{run_dir} is held by a live writer") from None
-            raise
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        fd = os.open(path, flags, FILE_MODE)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return cls(fd, path)
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockHeldError(f"{run_dir}: {name} is held by a live process") from None
+            time.sleep(0.002)
+
+    @classmethod
+    def adopt(cls, fd: int, path: Path) -> WriterLock:
+        """Take over a descriptor whose open file already holds the lock (passed by a parent)."""
         return cls(fd, path)
+
+    def record_owner(self, pid: int | None = None) -> None:
+        """Write ``pid create_time`` of the owning kernel into the lock file."""
+        pid = os.getpid() if pid is None else pid
+        created = psutil.Process(pid).create_time()
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{pid} {created:.3f}\n".encode(), 0)
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -62,3 +101,40 @@ def writer_alive(run_dir: Path, name: str = LOCK_NAME) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def owner_alive(run_dir: Path) -> bool:
+    """Whether the kernel named in ``writer.lock`` still runs (unknown owner: assume it does)."""
+    try:
+        with open(run_dir / LOCK_NAME, "rb") as f:
+            pid_text, created_text = f.read(64).decode().split()
+        pid, created = int(pid_text), float(created_text)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return True
+    try:
+        return bool(abs(psutil.Process(pid).create_time() - created) < 0.01)
+    except psutil.Error:
+        return False
+
+
+@contextlib.contextmanager
+def hold_run(run_dir: Path, *, orphan_wait_s: float = 10.0) -> Iterator[None]:
+    """Hold every lock of a run exclusively, or raise ``LockHeldError`` if the run is live.
+
+    When the lock is held but its owning kernel is dead, the writer is still draining what
+    the kernel published: wait (up to ``orphan_wait_s``) for it to finish rather than call
+    the run live.
+    """
+    wait = 0.0 if owner_alive(run_dir) else orphan_wait_s
+    held: list[WriterLock] = []
+    try:
+        for name in RUN_LOCKS:
+            try:  # no lock file: nobody ever wrote this stream live (nothing to hold)
+                lock = WriterLock.acquire(run_dir, name, wait_s=max(wait, 0.05), create=False)
+            except FileNotFoundError:
+                continue
+            held.append(lock)
+        yield
+    finally:
+        for lock in held:
+            lock.release()

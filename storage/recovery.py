@@ -43,7 +43,7 @@ from storage.layout import (
     create_private_file,
     fsync_dir,
 )
-from storage.lock import LockHeldError, writer_alive
+from storage.lock import LockHeldError, hold_run, writer_alive
 from storage.manifest import Manifest, ManifestError, read_manifest, write_manifest
 from storage.scan import StreamScan, scan_stream
 from storage.status import RunStatus, check_transition
@@ -174,9 +174,12 @@ def _refuse_if_live(run_dir: Path) -> None:
             raise LockHeldError(f"{run_dir}: a live process holds {name}; it is not recovered")
 
 
-def scan_run(run_dir: Path) -> RecoveryPlan:
-    """Scan a run (deeply, both streams) and decide its recovery; reads only."""
-    _refuse_if_live(run_dir)
+def scan_run(run_dir: Path, *, locked: bool = False) -> RecoveryPlan:
+    """Scan a run (deeply, both streams) and decide its recovery; reads only.
+
+    ``locked``: the caller holds the run's locks (``storage.lock.hold_run``)."""
+    if not locked:
+        _refuse_if_live(run_dir)
     try:
         manifest = read_manifest(run_dir)
     except ManifestError as exc:
@@ -279,9 +282,10 @@ def _apply_cut(run_dir: Path, cut: Cut) -> None:
         fsync_dir(run_dir)
 
 
-def apply_plan(run_dir: Path, plan: RecoveryPlan) -> None:
+def apply_plan(run_dir: Path, plan: RecoveryPlan, *, locked: bool = False) -> None:
     """Carry out ``plan``: keep and cut torn tails, then rewrite the manifest atomically."""
-    _refuse_if_live(run_dir)
+    if not locked:
+        _refuse_if_live(run_dir)
     try:
         manifest = read_manifest(run_dir)
     except ManifestError as exc:
@@ -304,8 +308,13 @@ def apply_plan(run_dir: Path, plan: RecoveryPlan) -> None:
     write_manifest(run_dir, sealed)
 
 
-def recover_run(run_dir: Path) -> RecoveryPlan:
-    """Scan one run and apply the plan; returns the plan that was applied."""
-    plan = scan_run(run_dir)
-    apply_plan(run_dir, plan)
+def recover_run(run_dir: Path, *, orphan_wait_s: float = 10.0) -> RecoveryPlan:
+    """Scan one run and apply the plan, holding its locks throughout; returns the plan.
+
+    Raises ``LockHeldError`` for a live run. If the kernel that owned it is dead but its writer
+    still drains, waits up to ``orphan_wait_s`` for the writer to finish first.
+    """
+    with hold_run(run_dir, orphan_wait_s=orphan_wait_s):
+        plan = scan_run(run_dir, locked=True)
+        apply_plan(run_dir, plan, locked=True)
     return plan

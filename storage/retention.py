@@ -284,10 +284,19 @@ def _anchor_tail_reclaim(run: RunInfo) -> Reclaim | None:
     )
 
 
+def _empty_trash(trash: Path) -> None:
+    for target in trash.iterdir():
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
 def apply_plan(instance_dir: Path, plan: RetentionPlan) -> list[Reclaim]:
     """Reclaim what the plan says, re-checking each run first; returns what was reclaimed."""
     trash = instance_dir / TRASH_DIR
     make_private_dir(trash)
+    _empty_trash(trash)  # what a crash left between rename and delete was already decided
     done = []
     for item in plan.reclaim:
         run_dir = instance_dir / item.run_id

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage.layout import BLOB_DIR, MANIFEST_NAME, fsync_dir, list_runs
-from storage.lock import writer_alive
+from storage.lock import LockHeldError
 from storage.manifest import ManifestError, read_manifest, write_manifest
 from storage.reader import CorruptionError
 from storage.recovery import RecoveryPlan, recover_run
@@ -45,13 +45,13 @@ def sweep_instance(instance_dir: Path) -> SweepReport:
         try:
             if read_manifest(run_dir).status is not RunStatus.RUNNING:
                 continue
-            if writer_alive(run_dir):
-                report.live.append(run_id)
-                continue
             plan = recover_run(run_dir)
             if plan.status.is_sealed:  # a quarantined run is evidence: left exactly as found
                 _index_anchors(run_dir)
                 _remove_stale_temps(run_dir)
+        except LockHeldError:
+            report.live.append(run_id)
+            continue
         except (ManifestError, OSError, ValueError, RuntimeError) as exc:
             log.warning("recovery skipped %s (retried at next boot): %s", run_id, exc)
             report.skipped.append((run_id, str(exc)))

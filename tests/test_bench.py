@@ -17,6 +17,9 @@ import pytest
 
 from tools.bench import BASELINE_NAMES, SECTIONS, format_table
 
+# One quick bench run takes ~8 s on a quiet 2-core machine and more on a busy one.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN_BENCH = "import sys; from tools.bench import main; sys.exit(main())"
 

@@ -68,6 +68,12 @@ def test_inspect_a_damaged_run_and_a_bad_path(tmp_path: Path) -> None:
     run = torn_running_run(tmp_path, 10)
     (row,) = inspect_json(run)
     assert "torn tail" in str(row["note"])
+    lock = WriterLock.acquire(run)  # a live writer: the torn tail is an append in progress
+    try:
+        (row,) = inspect_json(run)
+    finally:
+        lock.release()
+    assert row["note"] is None and row["live"] is True
     assert ringtape("inspect", tmp_path / "nope").returncode == 2
     assert ringtape("inspect", tmp_path / INSTANCE / run.name / "manifest.json").returncode == 0
     empty = tmp_path / "empty"

@@ -248,6 +248,9 @@ def test_instrument_id_over_the_limit_is_refused(harnesses: list[Harness]) -> No
     h = harness(harnesses)
     with pytest.raises(ValueError, match="limit"):
         h.lane.observe(DataMarkerClass.Quote, "x" * 2000, 1, 1)
+    h.lane.observe(DataMarkerClass.Quote, "x", 1, 1)  # the refused call numbered nothing
+    located = h.finish()
+    assert check_records(located, 0) == [] and h.lane.stats().observed == 1
 
 
 # -- the record format ------------------------------------------------------------------------

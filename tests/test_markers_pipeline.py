@@ -357,7 +357,7 @@ KERNEL_SCRIPT = textwrap.dedent(
             store.append("data.bar", b"b", ts_init=i)
     while lane.in_flight():
         time.sleep(0.001)
-    print(lane.sidecar_pid, store.run_dir(), flush=True)
+    print(lane.sidecar_pid, store.writer_pid(), store.run_dir(), flush=True)
     time.sleep(60)
     """
 )
@@ -372,8 +372,8 @@ def test_kernel_sigkill_sidecar_accounts_for_what_it_took_and_exits(tmp_path: Pa
     )
     try:
         assert kernel.stdout is not None
-        pid_text, run_dir_text = kernel.stdout.readline().split()
-        sidecar_pid, run_dir = int(pid_text), Path(run_dir_text)
+        sidecar_text, _, run_dir_text = kernel.stdout.readline().split()
+        sidecar_pid, run_dir = int(sidecar_text), Path(run_dir_text)
         kernel.send_signal(signal.SIGKILL)
         kernel.wait()
         wait_until(lambda: not pid_alive(sidecar_pid), what="the orphaned sidecar to exit")
@@ -396,10 +396,11 @@ def _crashed_run_with_markers(tmp_path: Path) -> Path:
     )
     try:
         assert kernel.stdout is not None
-        pid_text, run_dir_text = kernel.stdout.readline().split()
+        sidecar_text, writer_text, run_dir_text = kernel.stdout.readline().split()
         kernel.send_signal(signal.SIGKILL)
         kernel.wait()
-        wait_until(lambda: not pid_alive(int(pid_text)), what="the orphaned sidecar to exit")
+        pids = (int(sidecar_text), int(writer_text))
+        wait_until(lambda: not any(map(pid_alive, pids)), what="the orphaned children to exit")
     finally:
         kernel.kill()
         kernel.wait()

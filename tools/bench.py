@@ -1,5 +1,5 @@
-"""``ringtape bench``: the store side by side with ``multiprocessing.Queue``, ``faster_fifo.Queue``
-and a bare shared-memory ring (the floor, see ``tools/bench_baselines.py``), in one run; JSON out.
+"""ringtape bench: the store side by side with multiprocessing.Queue, faster_fifo.Queue and a
+bare shared-memory ring (the floor: tools/bench_baselines.py), in one run; JSON out.
 
 Every channel moves the same messages to another process: a fixed-seed pool of topics and
 JSON-like payloads of 128–256 bytes. ringtape gets ``(topic, payload, ts_init)``; the queues get
@@ -876,7 +876,11 @@ def _checks(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Run every section and return the JSON-able result. A section that fails holds
-    ``{"error": ...}`` (also listed in ``errors``) and the others still run."""
+    ``{"error": ...}`` (also listed in ``errors``) and the others still run.
+
+    The baselines' consumers are ``multiprocessing`` spawn processes: a script that calls this
+    needs the usual ``if __name__ == "__main__":`` guard (the ``ringtape`` command has it).
+    """
     plan = _Plan.from_options(options)
 
     def log(message: str) -> None:
@@ -943,110 +947,39 @@ def _met(value: Any) -> str:
 def format_table(result: dict[str, Any]) -> str:
     """A short human summary: ringtape beside each baseline, the target and whether it is met."""
     lat = result.get("append_latency", {})
-    rt = lat.get("ringtape", {})
-    timer = lat.get("timer_overhead", {})
+    passed = lat.get("ringtape", {}).get("ts_init_passed") or {}
+    clock = lat.get("ringtape", {}).get("default_clock") or {}
+    timer = lat.get("timer_overhead", {}).get("record_call") or {}
     cpu = result.get("producer_cpu", {})
     thr = result.get("durable_throughput", {})
-    dur = result.get("append_to_durable", {}).get("latency", {})
+    dur = result.get("append_to_durable", {}).get("latency") or {}
     idle = result.get("idle_cpu", {})
     comp = result.get("compression", {})
-
-    def row(
-        label: str,
-        section: dict[str, Any],
-        own: Any,
-        key: str,
-        scale: float,
-        spec: str,
-        target: Any = None,
-        met: Any = None,
-    ) -> list[str]:
-        base = section.get("baselines", {})
-        values = [own, *(base.get(name) for name in BASELINE_NAMES)]
-        cells = [_num((v or {}).get(key), scale, spec) for v in values]
-        return [label, *cells, _num(target, scale, spec) if target else "", _met(met)]
-
+    units = {"us": (1e3, ".2f"), "ms": (1e6, ".2f"), "n": (1, ",.0f"), "x": (1, ".2f")}
     rows = [["", "ringtape", *BASELINE_NAMES, "target", "met"]]
-    own = rt.get("ts_init_passed") or {}
+
+    def add(label: str, own: Any, key: str, unit: str, section: Any = None) -> None:
+        scale, spec = units[unit]
+        own = own or {}
+        base = (section or {}).get("baselines", {})
+        values = [own, *(base.get(name) or {} for name in BASELINE_NAMES)]
+        target = own.get("target", {}).get(key)
+        met = own.get("met_detail", {}).get(key, own.get("met")) if target else None
+        cells = [_num(v.get(key), scale, spec) for v in values]
+        rows.append([label, *cells, _num(target, scale, spec) if target else "", _met(met)])
+
     for key in ("p50_ns", "p99_ns", "p99_9_ns", "max_ns"):
-        met = own.get("met_detail", {}).get(key)
-        rows.append(
-            row(
-                f"append {key[:-3]} (us)", lat, own, key, 1e3, ".2f", TARGET_APPEND_NS.get(key), met
-            )
-        )
-    clock = rt.get("default_clock") or {}
-    for key in ("p50_ns", "p99_ns"):
-        met = clock.get("met_detail", {}).get(key)
-        rows.append(
-            row(
-                f"  own clock {key[:-3]} (us)",
-                {},
-                clock,
-                key,
-                1e3,
-                ".2f",
-                TARGET_APPEND_NS.get(key),
-                met,
-            )
-        )
-    rows.append(
-        row("  timer overhead p50 (us)", {}, timer.get("record_call"), "p50_ns", 1e3, ".2f")
-    )
-    own = cpu.get("ringtape") or {}
-    rows.append(
-        row(
-            "producer CPU (us/entry)",
-            cpu,
-            own,
-            "us_per_entry",
-            1,
-            ".2f",
-            TARGET_CPU_US_PER_ENTRY,
-            own.get("met"),
-        )
-    )
-    own = thr.get("ringtape") or {}
-    rows.append(
-        row(
-            "entries/s (ringtape durable)",
-            thr,
-            own,
-            "entries_per_s",
-            1,
-            ",.0f",
-            TARGET_DURABLE_PER_S,
-            own.get("met"),
-        )
-    )
-    for key in ("p50_ns", "p99_ns"):
-        target = dur.get("target", {}).get(key)
-        rows.append(
-            row(
-                f"append->durable {key[:-3]} (ms)",
-                {},
-                dur,
-                key,
-                1e6,
-                ".2f",
-                target,
-                dur.get("met") if target else None,
-            )
-        )
-    rows.append(
-        row(
-            "idle writer+sidecar (% core)",
-            {},
-            idle,
-            "percent_of_core",
-            1,
-            ".2f",
-            TARGET_IDLE_PERCENT,
-            idle.get("met"),
-        )
-    )
-    rows.append(row("compression ratio", {}, comp, "ratio", 1, ".2f"))
-    rows.append(row("raw MB/s to disk", {}, comp, "raw_mb_per_s", 1, ".1f"))
+        add(f"append {key[:-3]} (us)", passed, key, "us", lat)
+    add("  own clock p50 (us)", clock, "p50_ns", "us")
+    add("  own clock p99 (us)", clock, "p99_ns", "us")
+    add("  timer overhead p50 (us)", timer, "p50_ns", "us")
+    add("producer CPU (us/entry)", cpu.get("ringtape"), "us_per_entry", "x", cpu)
+    add("entries/s (ringtape durable)", thr.get("ringtape"), "entries_per_s", "n", thr)
+    add("append->durable p50 (ms)", dur, "p50_ns", "ms")
+    add("append->durable p99 (ms)", dur, "p99_ns", "ms")
+    add("idle writer+sidecar (% core)", idle, "percent_of_core", "x")
+    add("compression ratio", comp, "ratio", "x")
+    add("raw MB/s to disk", comp, "raw_mb_per_s", "x")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     machine = result.get("machine", {})
@@ -1092,7 +1025,8 @@ def bench_main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point: ``python -m tools.bench [--quick] [--out FILE]``."""
-    parser = argparse.ArgumentParser(prog="ringtape bench", description=__doc__.split("\n")[0])
+    description = (__doc__ or "").split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="ringtape bench", description=description)
     add_bench_arguments(parser)
     return bench_main(parser.parse_args(argv))
 

@@ -16,7 +16,9 @@ them). Sections:
     ``timer_overhead`` is the same loop around a no-op method (subtract it for the call
     alone). Busy-waits to each slot; a slot missed by more than one period counts in
     ``late_slots`` and the schedule restarts from now. Reports drops, gap records, the
-    sidecar's CPU share and the marker findings of the sealed run (must be none).
+    sidecar's CPU share, the marker findings of the sealed run (must be none) and
+    ``other_processes_cores``: CPU that processes outside this benchmark used meanwhile (the
+    machine may be shared; figures taken under load say so).
 ``max_rate``
     The same mix at rising rates, one fresh run each (paced per batch of 100 calls, untimed),
     then unpaced: per step the achieved rate and the observations dropped. The highest achieved
@@ -56,7 +58,6 @@ from capture.shm import SharedRegion, unlink_name
 from capture.store import EventStore
 from storage.manifest import read_manifest
 from storage.markers import TOPIC_HIFI, MarkerGap, check_marker_stream, iter_markers
-from tools.bench import _MachineCpu as MachineCpu
 
 SCHEMA: Final = "ringtape-bench-markers/1"
 RATE: Final = 200_000
@@ -77,6 +78,14 @@ STEPS: Final = (200_000, 300_000, 400_000, 500_000, 600_000, 800_000)
 BATCH: Final = 100
 
 Mix = list[tuple[DataMarkerClass, str]]
+
+
+def _machine() -> Any:
+    """Machine-wide CPU against this process tree's (``tools.bench``'s probe; imported late,
+    since ``tools.bench`` may import this module)."""
+    from tools.bench import _MachineCpu
+
+    return _MachineCpu.now()
 
 
 class _NoOp:
@@ -218,7 +227,7 @@ def _paced(base: Path, quick: bool) -> dict[str, Any]:
     noop = _NoOp().observe_data
     overhead, _, _ = _paced_loop(noop, None, mix, RATE, min(count, 200_000))
     config = DataMarkerConfig(high_fidelity=list(HIFI))
-    machine = MachineCpu.now()
+    machine = _machine()
     with _store(base, config) as store:
         lane = _lane(store)
         pid = lane.sidecar_pid
@@ -229,7 +238,7 @@ def _paced(base: Path, quick: bool) -> dict[str, Any]:
         run_dir = store.run_dir()
         dropped, gaps = lane.dropped, lane.gaps
     assert run_dir is not None
-    load = MachineCpu.now().since(machine)
+    load = _machine().since(machine)
     return {
         "rate_per_s": RATE,
         "entries_per_s": RATE // ENTRY_EVERY,
@@ -286,12 +295,12 @@ def _max_rate(base: Path, quick: bool) -> dict[str, Any]:
     steps = []
     best = 0.0
     for rate in (*STEPS, None):
-        machine = MachineCpu.now()
+        machine = _machine()
         with _store(base, config) as store:
             lane = _lane(store)
             calls, elapsed = _batched(store, mix, rate, seconds)
             dropped = lane.dropped
-        load = MachineCpu.now().since(machine)
+        load = _machine().since(machine)
         achieved = calls / elapsed
         steps.append(
             {

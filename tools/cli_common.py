@@ -15,6 +15,7 @@ Rules for subcommands:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import stat
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -38,7 +40,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from storage.layout import inside, list_instances, list_runs
+from storage.layout import inside, list_instances, list_runs, list_segments
+from storage.verify import STREAMS, find_runs
 
 EXIT_OK: Final = 0
 EXIT_FINDINGS: Final = 1
@@ -46,6 +49,8 @@ EXIT_ERROR: Final = 2
 
 # Below this many bytes a progress bar would only flicker.
 PROGRESS_MIN_BYTES: Final = 32 << 20
+# Below this many bytes of segments one verify job is faster than starting more.
+PARALLEL_MIN_BYTES: Final = 64 << 20
 
 
 class CliError(Exception):
@@ -90,15 +95,36 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def segment_bytes(path: Path) -> int:
+    """Bytes of the segment files under ``path`` (what ``verify_path(path)`` reads)."""
+    runs, loose, _ = find_runs(path)
+    files = [p for r in runs for s in STREAMS for p in list_segments(r, s)] + loose
+    total = 0
+    for f in files:
+        with contextlib.suppress(OSError):
+            total += os.lstat(f).st_size
+    return total
+
+
+def choose_jobs(path: Path, requested: int | None) -> int:
+    """Worker processes for verifying ``path``: ``requested``, else one per core when there
+    is :data:`PARALLEL_MIN_BYTES` or more to read (starting a worker costs about as much as
+    verifying that much), else one."""
+    if requested is not None:
+        return requested
+    return default_jobs() if segment_bytes(path) >= PARALLEL_MIN_BYTES else 1
+
+
 def human_bytes(n: int | None) -> str:
+    """``n`` bytes in binary units (``"3.5 MiB"``); ``"-"`` for unknown."""
     if n is None:
         return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+    value, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
         value /= 1024
-    raise AssertionError("unreachable")
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
 def format_ratio(ratio: float | None) -> str:
@@ -153,9 +179,16 @@ def table(
 
 
 def emit(out: Console, renderable: Table) -> None:
-    """Print a table; on a pipe without the padding rich adds at the end of each line."""
+    """Print a table, never cut short: on a narrow terminal its lines wrap rather than lose
+    cells; on a pipe without the padding rich adds at the end of each line."""
     if out.is_terminal:
-        out.print(renderable)
+        wanted = Measurement.get(out, out.options.update_width(10_000), renderable).maximum
+        width = out.width
+        out.width = max(width, wanted)  # print(width=) cannot exceed the console's
+        try:
+            out.print(renderable, crop=False)
+        finally:
+            out.width = width
         return
     with out.capture() as captured:
         out.print(renderable)

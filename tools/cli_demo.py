@@ -13,12 +13,12 @@ from typing import Final
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from capture import EventStoreError
 from tools.cli_common import (
     EXIT_FINDINGS,
     EXIT_OK,
     CliError,
     console,
-    default_jobs,
     emit,
     format_ratio,
     human_bytes,
@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between snapshot anchors (default 2)",
     )
     parser.add_argument(
-        "--jobs", type=positive_int, default=default_jobs(), metavar="N", help="verify jobs"
+        "--jobs", type=positive_int, metavar="N", help="verify jobs (default: as verify's)"
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -126,8 +126,7 @@ def summary_rows(result: DemoResult) -> list[list[str]]:
     """The summary as (what, value) rows."""
     cap = result.capture
     secs = cap.seconds or 1.0
-    report = result.verify
-    verify = "-" if report is None else verdict_line(report)
+    verify = verdict_line(result.verify)
     raw, seg = result.raw_bytes, result.segment_bytes
     return [
         ["run", result.run_dir],
@@ -147,7 +146,7 @@ def summary_rows(result: DemoResult) -> list[list[str]]:
             f" -> {human_bytes(seg)} in segments)",
         ],
         ["disk bytes", f"{result.disk_bytes:,}  ({human_bytes(result.disk_bytes)}, run directory)"],
-        ["verify", f"{verify}  ({result.verify_seconds:.2f} s, {result.options.jobs} job(s))"],
+        ["verify", f"{verify}  ({result.verify_seconds:.2f} s, {result.verify_jobs} job(s))"],
         ["replay parity", ("OK" if result.replay_ok else "FAILED") + f"  ({result.replay_detail})"],
         ["halted", cap.halted or "no"],
         ["other load", _load(cap.other_cores)],
@@ -166,10 +165,9 @@ def print_summary(result: DemoResult) -> None:
     out.print()
     out.print("ringtape demo summary", markup=False)
     emit(out, table(["what", "value"], summary_rows(result), header=False))
-    report = result.verify
-    if report is not None and report.findings:
+    if result.verify.findings:
         out.print()
-        for f in report.findings:
+        for f in result.verify.findings:
             for line in describe_finding(f):
                 out.print(line, markup=False)
     out.print()
@@ -193,8 +191,11 @@ def run(args: argparse.Namespace) -> int:
             f" into {base}/",
             file=sys.stderr,
         )
-    with _capture_bar(args.seconds, progress_wanted(args.json)) as progress:
-        result = run_demo(options, progress)
+    try:
+        with _capture_bar(args.seconds, progress_wanted(args.json)) as progress:
+            result = run_demo(options, progress)
+    except EventStoreError as exc:  # the pipeline could not start (a halt is a result)
+        raise CliError(f"the event store failed: {exc}") from None
     if args.json:
         json.dump(result.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")

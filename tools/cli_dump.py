@@ -97,11 +97,16 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Built once: json.loads/dumps with options would build one per entry.
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def payload_fields(payload: bytes) -> dict[str, Any]:
     """``encoding`` and ``payload``: the JSON value of a UTF-8 JSON payload, else base64."""
     if payload:
         try:
-            value = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
+            value = _DECODER.decode(payload.decode("utf-8"))
             return {"encoding": "json", "payload": value}
         except (UnicodeDecodeError, ValueError, RecursionError):
             pass
@@ -156,7 +161,7 @@ def write_lines(objects: Iterable[dict[str, Any]], out: TextIO) -> None:
     batch: list[str] = []
     try:
         for obj in objects:
-            batch.append(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+            batch.append(_ENCODER.encode(obj))
             if len(batch) >= _BATCH:
                 out.write("\n".join(batch) + "\n")
                 batch.clear()

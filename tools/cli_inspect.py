@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from storage.frame import SEGMENT_HEADER_SIZE
-from storage.layout import SEGMENT_RE, list_segments
+from storage.layout import MARKER_LOCK_NAME, SEGMENT_RE, list_segments
 from storage.lock import writer_alive
 from storage.manifest import ManifestError, read_manifest
 from storage.markers import iter_marker_entries
@@ -65,6 +65,7 @@ class StreamTotals:
     first_seq: int | None = None
     last_seq: int | None = None
     stopped: str | None = None  # why the walk stopped early
+    torn: bool = False  # it stopped at a torn tail (an append in progress, if the run is live)
 
     def walk(self, path: Path) -> None:
         """Add one segment file's frames; on damage or a torn tail, note it and stop there."""
@@ -84,7 +85,9 @@ class StreamTotals:
             while (step := next_frame(f, pos, skip_before=_HEADERS_ONLY)) is not None:
                 if isinstance(step, Torn | Broken):
                     what = "torn tail" if isinstance(step, Torn) else "damage"
-                    self.stopped = self.stopped or f"{path.name}: {what} at offset {pos}"
+                    if self.stopped is None:
+                        self.stopped = f"{path.name}: {what} at offset {pos}"
+                        self.torn = isinstance(step, Torn)
                     return
                 h = step.header
                 self.entries += h.entry_count
@@ -153,7 +156,14 @@ def describe_run(run_dir: Path) -> RunRow:
         events.walk(path)
     for path in list_segments(run_dir, "markers"):
         markers.walk(path)
-    notes = [s for s in (events.stopped, markers.stopped) if s]
+    live = writer_alive(run_dir)
+    appending = {"events": live, "markers": writer_alive(run_dir, MARKER_LOCK_NAME)}
+    # A torn tail of a stream whose appender is alive is an append in progress: no note.
+    notes = [
+        s.stopped
+        for name, s in (("events", events), ("markers", markers))
+        if s.stopped and not (s.torn and appending[name])
+    ]
     try:
         manifest = read_manifest(run_dir)
     except ManifestError as exc:
@@ -166,7 +176,7 @@ def describe_run(run_dir: Path) -> RunRow:
         path=str(run_dir),
         parent_run_id=None if manifest is None else manifest.parent_run_id,
         status=None if manifest is None else str(manifest.status),
-        live=writer_alive(run_dir),
+        live=live,
         start_ts_init=None if manifest is None else manifest.start_ts_init,
         end_ts_init=None if manifest is None else manifest.end_ts_init,
         high_watermark=None if manifest is None else manifest.high_watermark,

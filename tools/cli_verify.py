@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Final
+from typing import Final
 
 from storage.findings import INFORMATIONAL, KINDS, Finding, Kind
 from storage.verify import RunSummary, VerifyReport, verify_path
@@ -20,6 +20,7 @@ from tools.cli_common import (
     CliError,
     byte_progress,
     check_path,
+    choose_jobs,
     console,
     default_jobs,
     emit,
@@ -56,16 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
         type=positive_int,
-        default=default_jobs(),
         metavar="N",
-        help="segments verified in parallel (default: the number of cores, %(default)s)",
+        help="segments verified in parallel (default: the number of cores, "
+        f"{default_jobs()}, when there are 64 MiB or more to read, else 1)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     path = check_path(args.path)
+    jobs = choose_jobs(path, args.jobs)
     with byte_progress("verifying", progress_wanted(args.json)) as progress:
-        report = verify_path(path, jobs=args.jobs, progress=progress)
+        report = verify_path(path, jobs=jobs, progress=progress)
     if not report.runs and all(f.kind is Kind.UNREADABLE for f in report.findings):
         why = report.findings[0].detail if report.findings else "no runs found"
         raise CliError(f"{args.path}: nothing to verify: {why}")
@@ -147,8 +149,3 @@ def kinds_markdown() -> str:
         note = " (informational: does not fail a verification)" if kind in INFORMATIONAL else ""
         lines.append(f"| `{kind}` | {sentence}{note} |")
     return "\n".join(lines) + "\n"
-
-
-def report_json(report: VerifyReport) -> dict[str, Any]:
-    """The ``--json`` document (exactly ``VerifyReport.to_dict``)."""
-    return report.to_dict()
