@@ -24,7 +24,6 @@ Loop, top to bottom:
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -57,6 +56,7 @@ from capture.ring import (
     stamp_publish_time,
 )
 from capture.shm import SharedRegion
+from capture.spawn import read_child_args, spawn_child
 from capture.wait import BackoffWait
 from storage.frame import STREAM_EVENTS
 from storage.layout import LOCK_NAME
@@ -269,35 +269,13 @@ def writer_main(args: WriterArgs) -> None:
 
 
 def spawn_writer(args: WriterArgs) -> subprocess.Popen[bytes]:
-    """Start the writer as a fresh interpreter (``python -m capture.writer``).
-
-    Like multiprocessing's ``spawn`` it never forks a multi-threaded kernel, and unlike it it
-    does not re-import the kernel's ``__main__`` in the child, so a trader's script needs no
-    ``if __name__ == "__main__"`` guard. The arguments travel pickled over stdin. (``-c``
-    rather than ``-m``: the package imports this module, and ``-m`` would run it twice.)
-    """
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from capture.writer import child_main; child_main()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        env=env,
-        close_fds=True,
-        pass_fds=(args.lock_fd,) if args.lock_fd >= 0 else (),
-    )
-    assert proc.stdin is not None
-    try:
-        proc.stdin.write(pickle.dumps(args))
-        proc.stdin.close()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc
+    """Start the writer process (see ``capture.spawn``), passing it the locked run lock."""
+    fds = (args.lock_fd,) if args.lock_fd >= 0 else ()
+    return spawn_child("capture.writer", args, pass_fds=fds)
 
 
 def child_main() -> None:
     """The spawned interpreter's entry point: arguments come pickled on stdin."""
-    writer_main(pickle.load(sys.stdin.buffer))
+    args = read_child_args()
+    assert isinstance(args, WriterArgs)
+    writer_main(args)
