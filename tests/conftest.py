@@ -1,13 +1,19 @@
-"""Shared helpers: build runs on disk with the real writer, entry by entry."""
+"""Shared fixtures and helpers: leak checks for every test, stores that always get released,
+and runs built on disk with the real segment writer, entry by entry."""
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
+from pipeline_support import pid_alive, shm_names
 
+from capture.store import EventStore
 from storage.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, encode_entry
 from storage.frame import STREAM_EVENTS, STREAM_MARKERS
 from storage.layout import RunPaths
@@ -16,6 +22,32 @@ from storage.segment_writer import SegmentWriter
 from storage.status import RunStatus
 
 INSTANCE = "5b0f3c9e-8a51-4c1e-9d7a-2f6b1e0c4d3a"
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_shm() -> Iterator[None]:
+    """Every test: no shared memory this process created may outlive the test (names carry
+    the creator's pid, so other processes' regions never count)."""
+    before = shm_names(os.getpid())
+    yield
+    leaked = shm_names(os.getpid()) - before
+    for name in leaked:
+        os.unlink(f"/dev/shm/{name}")
+    assert not leaked, f"shared memory left behind: {leaked}"
+
+
+@pytest.fixture
+def stores() -> Iterator[list[EventStore]]:
+    """Stores a test opens; whatever happens, their writers and rings are released."""
+    made: list[EventStore] = []
+    yield made
+    for store in made:
+        pid = store.writer_pid()
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGCONT)  # a test may have stopped it
+        store.seal()
+
+
 TS0 = 1_700_000_000_000_000_000
 
 

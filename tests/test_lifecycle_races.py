@@ -40,27 +40,6 @@ COMPONENTS = RegisteredComponents(strategies={"EMACross-001": "ab12"}, subscript
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_shm() -> Iterator[None]:
-    before = shm_names(os.getpid())
-    yield
-    leaked = shm_names(os.getpid()) - before
-    for name in leaked:
-        os.unlink(f"/dev/shm/{name}")
-    assert not leaked, f"shared memory left behind: {leaked}"
-
-
-@pytest.fixture
-def stores() -> Iterator[list[EventStore]]:
-    made: list[EventStore] = []
-    yield made
-    for store in made:
-        pid = store.writer_pid()
-        if pid is not None and pid_alive(pid):
-            os.kill(pid, signal.SIGCONT)
-        store.seal()
-
-
 def make_store(
     stores: list[EventStore], base: Path, options: StoreOptions | None = None, **config: object
 ) -> EventStore:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -30,29 +29,6 @@ from storage.manifest import read_manifest
 from storage.status import RunStatus
 
 COMPONENTS = RegisteredComponents(strategies={"EMACross-001": "ab12"}, subscriptions=["quotes"])
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_shm() -> Iterator[None]:
-    # Only regions this test process created count (names carry the creator's pid).
-    before = shm_names(os.getpid())
-    yield
-    leaked = shm_names(os.getpid()) - before
-    for name in leaked:
-        os.unlink(f"/dev/shm/{name}")
-    assert not leaked, f"shared memory left behind: {leaked}"
-
-
-@pytest.fixture
-def stores() -> Iterator[list[EventStore]]:
-    """Stores a test opens; whatever happens, their writers and rings are released."""
-    made: list[EventStore] = []
-    yield made
-    for store in made:
-        pid = store.writer_pid()
-        if pid is not None and pid_alive(pid):
-            os.kill(pid, signal.SIGCONT)
-        store.seal()
 
 
 def make_store(stores: list[EventStore], tmp_path: Path, **overrides: object) -> EventStore:
