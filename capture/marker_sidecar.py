@@ -4,8 +4,10 @@ Loop, top to bottom:
 
 1. Take everything the kernel published (validated by each record's ``rseq``, see
    capture/markers.py) into a bounded backlog, freeing the ring at once, and fold the backlog in
-   chunks between takes. Nothing new: idle through the wait strategy, but never past the next
-   deadline (safety flush, commit), so a timer fires even when no message arrives.
+   chunks between takes. Behind: go round again at once. A trickle: nap ~1 ms first, so that
+   each pass folds a batch rather than a few records (per-pass numpy costs dominate small
+   batches). Nothing new: idle through the wait strategy, never past the next deadline (safety
+   flush, commit), so a timer fires even when no message arrives.
 2. Fold it (:class:`MarkerFolder`, no I/O): one cursor per (class, instrument) stream, a
    ``marker.cursor`` snapshot of the advanced cursors whenever ``event_seq_before`` moves (an
    entry was appended since), one ``marker.hifi`` per message of a high-fidelity instrument, a
@@ -23,7 +25,6 @@ Loop, top to bottom:
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import struct
 import sys
@@ -65,6 +66,7 @@ from capture.markers import (
     SidecarArgs,
 )
 from capture.shm import SharedRegion
+from capture.spawn import read_child_args
 from storage.frame import STREAM_MARKERS
 from storage.layout import MARKER_LOCK_NAME
 from storage.lock import WriterLock
@@ -84,6 +86,7 @@ from storage.segment_writer import SegmentWriter
 
 MAX_TAKE: Final = 8192
 FOLD_CHUNK: Final = 2048
+BUSY_TAKE: Final = 1024  # a take this large means the sidecar is behind: no nap
 MAX_BACKLOG: Final = 1 << 20
 FRAME_RECORDS: Final = 4096
 COMMIT_RECORDS: Final = 16384
@@ -124,6 +127,11 @@ class NapWait:
         self._naps = polls + naps
         self._nap_s = nap_s
         self._timeout = sleep_timeout
+
+    @property
+    def trickle(self) -> int:
+        """The streak to idle with after taking a few records: straight to a nap."""
+        return self._polls
 
     def idle(self, streak: int) -> None:
         if streak < self._polls:
@@ -469,8 +477,14 @@ class SidecarLoop:
                 or now - self.out_since >= self.args.commit_latency_s
             ):
                 self.commit()
+            if self.backlog or took >= BUSY_TAKE:
+                streak = 0  # behind: take and fold again at once
+                continue
             if took or rows is not None:
-                streak = 0
+                # A trickle: nap, then take what piled up meanwhile in one batch. Polling again
+                # at once would fold a few records per pass, paying the per-batch cost each time.
+                streak = self.wait.trickle
+                self.wait.idle(streak)
                 continue
             if ctrl[CLOSE_REQUEST] and self.ring.read >= int(ctrl[FINAL_RSEQ]):
                 folder.finish(int(ctrl[FINAL_OBS]))
@@ -484,31 +498,40 @@ class SidecarLoop:
             streak += 1
             self.wait.idle(streak)
 
-    def pull(self) -> bool:
-        """Take everything published into the backlog, freeing ring space at once.
+    def pull(self) -> int:
+        """Take everything published into the backlog, freeing ring space at once; returns
+        how many records were taken.
 
         Taking is a copy, far cheaper than folding: a sidecar that gets little CPU for a
         while (a busy 2-core machine) still empties the ring whenever it runs, and folds the
         backlog in chunks between pulls. The backlog is bounded (``MAX_BACKLOG`` records);
         past that the ring fills and the kernel's drops become gaps, as they must.
         """
-        took = False
+        took = 0
         while self.backlog_len < MAX_BACKLOG and (rows := self.ring.take()) is not None:
             self.backlog.append(rows)
             self.backlog_len += len(rows)
-            took = True
+            took += len(rows)
+            if len(rows) < BUSY_TAKE:
+                break  # caught up: what trickles in meanwhile waits for the next pass
         return took
 
     def next_chunk(self) -> npt.NDArray[np.void] | None:
-        """Up to ``FOLD_CHUNK`` records from the front of the backlog."""
-        if not self.backlog:
+        """Up to ``FOLD_CHUNK`` records from the front of the backlog, in one array."""
+        backlog = self.backlog
+        if not backlog:
             return None
-        rows = self.backlog.popleft()
-        if len(rows) > FOLD_CHUNK:
-            self.backlog.appendleft(rows[FOLD_CHUNK:])
-            rows = rows[:FOLD_CHUNK]
-        self.backlog_len -= len(rows)
-        return rows
+        parts = []
+        n = 0
+        while backlog and n < FOLD_CHUNK:
+            rows = backlog.popleft()
+            if n + len(rows) > FOLD_CHUNK:
+                backlog.appendleft(rows[FOLD_CHUNK - n :])
+                rows = rows[: FOLD_CHUNK - n]
+            parts.append(rows)
+            n += len(rows)
+        self.backlog_len -= n
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def commit(self, *, final: bool = False) -> None:
         """Write frames for everything produced and hand them to the syncer. While the syncer
@@ -556,7 +579,8 @@ def sidecar_main(args: SidecarArgs) -> None:
     code = EXIT_OK
     try:
         run_dir = Path(args.run_dir)
-        lock = WriterLock.acquire(run_dir, MARKER_LOCK_NAME)
+        # A verify or retention probe may hold the lock shared for an instant: retry briefly.
+        lock = WriterLock.acquire(run_dir, MARKER_LOCK_NAME, wait_s=1.0)
         doorbell = DoorbellListener(args.doorbell)
         segments = SegmentWriter(
             run_dir,
@@ -590,5 +614,8 @@ def sidecar_main(args: SidecarArgs) -> None:
     sys.exit(code)
 
 
-if __name__ == "__main__":
-    sidecar_main(pickle.load(sys.stdin.buffer))
+def child_main() -> None:
+    """The spawned interpreter's entry point (``capture.spawn``): arguments come on stdin."""
+    args = read_child_args()
+    assert isinstance(args, SidecarArgs)
+    sidecar_main(args)

@@ -33,12 +33,11 @@ all together or not at all; the kernel's dict maps it to its slot from then on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import pickle
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +50,7 @@ import numpy as np
 from capture.config import DataMarkerClass, DataMarkerConfig
 from capture.doorbell import Doorbell, new_address
 from capture.shm import SharedRegion, unlink_name
+from capture.spawn import spawn_child
 from storage.layout import MARKER_LOCK_NAME, list_segments
 from storage.lock import writer_alive
 from storage.markers import GAP_WRITER_CLOSED, MARKER_STREAM, TOPIC_MARKER_LANE_FAILED, gap_body
@@ -181,27 +181,8 @@ class SidecarArgs:
 
 
 def spawn_sidecar(args: SidecarArgs) -> subprocess.Popen[bytes]:
-    """Start the sidecar as a fresh interpreter (``python -m capture.marker_sidecar``), the way
-    the writer is started: no fork of a multi-threaded kernel, arguments pickled over stdin."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "capture.marker_sidecar"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        env=env,
-        close_fds=True,
-    )
-    assert proc.stdin is not None
-    try:
-        proc.stdin.write(pickle.dumps(args))
-        proc.stdin.close()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc
+    """Start the sidecar as a fresh interpreter (``capture.marker_sidecar.child_main``)."""
+    return spawn_child("capture.marker_sidecar", args)
 
 
 class EntrySeq(Protocol):
@@ -288,17 +269,26 @@ class MarkerLane:
     ) -> None:
         """Create the ring, spawn the sidecar and wait (up to ``ready_timeout``) until it runs,
         so that a burst of data right after ``open`` does not overflow a ring nobody drains yet.
-        A sidecar that cannot start makes the lane fail (recorded, logged), never the run."""
+        A sidecar that cannot start makes the lane fail (recorded, logged), never the run; an
+        interruption (Ctrl-C) releases whatever was started and propagates."""
         self._reset()
         self._run_dir = run_dir
+        try:
+            self._start(run_id, segment_max_bytes, compression_level, ready_timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _start(
+        self, run_id: str, segment_max_bytes: int, compression_level: int, ready_timeout: float
+    ) -> None:
         g = self._geometry
         try:
-            region = SharedRegion.create(g.region_size, tag="markers")
+            self._region = region = SharedRegion.create(g.region_size, tag="markers")
         except OSError as exc:
             self._install_classes()
             self._fail(f"cannot create the marker ring: {exc}")
             return
-        self._region = region
         views = MarkerViews(region.buf, g)
         views.init_control(os.getpid())
         self.bind(views)
@@ -308,7 +298,7 @@ class MarkerLane:
         args = SidecarArgs(
             shm_name=region.name,
             capacity=g.capacity,
-            run_dir=str(run_dir),
+            run_dir=str(self._run_dir),
             run_id=run_id,
             doorbell=address,
             parent_pid=os.getpid(),
@@ -420,7 +410,7 @@ class MarkerLane:
         if process is not None:
             process.wait()
         monitor = self._monitor
-        if monitor is not None and monitor is not threading.current_thread():
+        if monitor is not None and monitor.ident is not None:  # ident: it was started
             monitor.join(1.0)
         self._refresh_durable()
         self._data = None
@@ -432,10 +422,11 @@ class MarkerLane:
         views, self._views = self._views, None
         region, self._region = self._region, None
         if region is not None:  # created by start(); a ring given to bind() is the caller's
+            unlink_name(region.name)  # normally gone already: the sidecar unlinks on attach
             if views is not None:
                 views.release()
-            region.close()
-            unlink_name(region.name)  # normally gone: the sidecar unlinks on attach
+            with contextlib.suppress(BufferError):  # an interrupted start may hold a view
+                region.close()
         self._process = None
 
     def _refresh_durable(self) -> None:

@@ -47,6 +47,7 @@ from storage.layout import (
 )
 from storage.lock import writer_alive
 from storage.manifest import Manifest, ManifestError, read_manifest
+from storage.marker_check import check_markers
 from storage.scan import (
     SegmentScan,
     StreamScan,
@@ -208,6 +209,7 @@ RUN_CHECKERS: Final[list[RunChecker]] = [
     check_manifest,
     check_lifecycle,
     check_anchors,
+    check_markers,
 ]
 
 

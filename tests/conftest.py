@@ -18,6 +18,7 @@ from storage.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, encode_entry
 from storage.frame import STREAM_EVENTS, STREAM_MARKERS
 from storage.layout import RunPaths
 from storage.manifest import Manifest, write_manifest
+from storage.markers import encode_cursor, encode_stream
 from storage.segment_writer import SegmentWriter
 from storage.status import RunStatus
 
@@ -65,6 +66,16 @@ def records(n: int, *, ended: bool = True, first: int = 1, ts0: int = TS0) -> li
     return out
 
 
+def marker_records(n: int, ts0: int = TS0) -> list[bytes]:
+    """``n`` valid marker records: a stream definition, then one cursor snapshot per
+    observation of that stream (all before entry 1)."""
+    out = [encode_stream(1, ts0, 0, "Quote", "SIM-0", False)]
+    for seq in range(2, n + 1):
+        obs = seq - 1
+        out.append(encode_cursor(seq, ts0 + obs, obs, 1, 0, [0, 0, obs, ts0 + obs]))
+    return out
+
+
 def write_stream(
     run_dir: Path,
     run_id: str,
@@ -106,7 +117,7 @@ def make_run(
             paths.run_dir, paths.run_id, recs, per_frame=per_frame, segment_bytes=segment_bytes
         )
     if markers:
-        write_stream(paths.run_dir, paths.run_id, records(markers, ended=False), stream="markers")
+        write_stream(paths.run_dir, paths.run_id, marker_records(markers), stream="markers")
     sealed = status is not RunStatus.RUNNING
     manifest = Manifest(
         run_id=paths.run_id,
