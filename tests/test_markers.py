@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from pipeline_support import shm_names
 
 from capture.config import DataMarkerClass, DataMarkerConfig
 from capture.marker_sidecar import MarkerFolder, MarkerRingReader
@@ -53,16 +52,6 @@ from storage.markers import (
 CLASSES = DataMarkerClass.all()
 INSTRUMENTS = ["ETH.SIM", "BTC.SIM", "A-VERY-LONG-INSTRUMENT-ID-OVER-32-BYTES.VENUE", "X"]
 HIFI = ["ETH.SIM", "A-VERY-LONG-INSTRUMENT-ID-OVER-32-BYTES.VENUE"]
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_shm() -> Iterator[None]:
-    before = shm_names(os.getpid())
-    yield
-    leaked = shm_names(os.getpid()) - before
-    for name in leaked:
-        os.unlink(f"/dev/shm/{name}")
-    assert not leaked, f"shared memory left behind: {leaked}"
 
 
 class Harness:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,29 +46,6 @@ from storage.verify import verify_path
 
 CLASSES = DataMarkerClass.all()
 Q = DataMarkerClass.Quote
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_shm() -> Iterator[None]:
-    before = shm_names(os.getpid())
-    yield
-    leaked = shm_names(os.getpid()) - before
-    for name in leaked:
-        os.unlink(f"/dev/shm/{name}")
-    assert not leaked, f"shared memory left behind: {leaked}"
-
-
-@pytest.fixture
-def stores() -> Iterator[list[EventStore]]:
-    """Stores a test opens; whatever happens, their children and rings are released."""
-    made: list[EventStore] = []
-    yield made
-    for store in made:
-        lane = store.marker_lane()
-        for pid in (store.writer_pid(), lane.sidecar_pid if lane else None):
-            if pid is not None and pid_alive(pid):
-                os.kill(pid, signal.SIGCONT)
-        store.seal()
 
 
 def open_store(stores: list[EventStore], tmp_path: Path, **markers: Any) -> EventStore:
