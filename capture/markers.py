@@ -54,6 +54,7 @@ from capture.spawn import spawn_child
 from storage.layout import MARKER_LOCK_NAME, list_segments
 from storage.lock import writer_alive
 from storage.markers import GAP_WRITER_CLOSED, MARKER_STREAM, TOPIC_MARKER_LANE_FAILED, gap_body
+from storage.recovery import cut_torn_tail
 from storage.scan import scan_stream
 
 log = logging.getLogger("ringtape.markers")
@@ -379,7 +380,9 @@ class MarkerLane:
     def _settle_stream(self) -> None:
         """After a failure, seal what the dead sidecar left: fsync its last segment (frames it
         wrote but did not sync yet) and take the watermark from the stream's intact prefix on
-        disk, which is what the manifest must say. A torn tail stays for recovery to cut."""
+        disk, which is what the manifest must say. A torn tail (the sidecar died inside a
+        write) is cut here, its bytes kept in a ``.torn`` file: recovery never revisits a
+        sealed run."""
         run_dir = self._run_dir
         if run_dir is None or writer_alive(run_dir, MARKER_LOCK_NAME):
             return
@@ -391,6 +394,7 @@ class MarkerLane:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            cut_torn_tail(run_dir, MARKER_STREAM)
             scan = scan_stream(run_dir, MARKER_STREAM, deep=False)
         except OSError as exc:
             log.error("could not settle the marker stream of %s: %s", run_dir, exc)

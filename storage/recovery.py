@@ -282,6 +282,20 @@ def _apply_cut(run_dir: Path, cut: Cut) -> None:
         fsync_dir(run_dir)
 
 
+def cut_torn_tail(run_dir: Path, stream: str) -> Cut | None:
+    """Cut one stream's torn tail (its bytes kept in a ``.torn`` file first) in a run whose
+    other stream lives on: the marker lane's, when its sidecar died and the run is sealed
+    without it. The caller makes sure that stream's appender is gone. A stream with damage
+    before its tail is left exactly as it is (verify reports it)."""
+    scan = scan_stream(run_dir, stream, deep=True)
+    if scan.damage:
+        return None
+    cut = _cut(scan)
+    if cut is not None:
+        _apply_cut(run_dir, cut)
+    return cut
+
+
 def apply_plan(run_dir: Path, plan: RecoveryPlan, *, locked: bool = False) -> None:
     """Carry out ``plan``: keep and cut torn tails, then rewrite the manifest atomically."""
     if not locked:

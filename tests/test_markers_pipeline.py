@@ -23,6 +23,7 @@ from capture.config import RegisteredComponents as Components
 from capture.markers import MarkerLane
 from capture.store import EventStore
 from storage.entry import TOPIC_RUN_ENDED
+from storage.layout import list_segments
 from storage.manifest import read_manifest
 from storage.markers import (
     GAP_OVERFLOW,
@@ -315,6 +316,34 @@ def test_sidecar_sigkill_leaves_the_kernel_trading(
     assert len(errors) == 1 and "failed" in errors[0].getMessage()
     assert check_marker_stream(run_dir, manifest.high_watermark) == []
     assert fold_to(run_dir, manifest.high_watermark).obs == 100
+
+
+def test_sidecar_killed_inside_a_write_leaves_no_torn_tail_in_the_sealed_run(
+    tmp_path: Path, stores: list[EventStore]
+) -> None:
+    store = open_store(stores, tmp_path, safety_flush_interval=timedelta(milliseconds=50))
+    lane = lane_of(store)
+    for i in range(100):
+        store.observe_data(CLASSES[i % 5], "ETH.SIM", i, i)
+        if i % 10 == 9:
+            store.append("events.fill", b"f")
+    wait_until(lambda: lane.stats().durable_obs == 100, what="the sidecar to make 100 durable")
+    pid = lane.sidecar_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: lane.failed, what="the lane to notice its sidecar died")
+    run_dir = run_dir_of(store)
+    segment = list_segments(run_dir, "markers")[-1]
+    whole = segment.read_bytes()
+    torn = whole[80 : 80 + 40]  # the first 40 bytes of a frame header: a write cut short
+    with open(segment, "ab") as f:
+        f.write(torn)
+    seal(store)
+    assert segment.read_bytes() == whole, "the torn bytes are cut back to the last whole frame"
+    assert Path(f"{segment}.torn").read_bytes() == torn
+    report = verify_path(run_dir)
+    assert {str(f.kind) for f in report.findings} <= {"leftover_torn"}, report.findings
+    assert report.ok
 
 
 KERNEL_SCRIPT = textwrap.dedent(
