@@ -90,6 +90,7 @@ def test_judged_figures_carry_target_and_met(
         result["append_latency"]["ringtape"]["default_clock"],
         result["producer_cpu"]["ringtape"],
         result["durable_throughput"]["ringtape"],
+        result["durable_throughput"]["ringtape_session_stream"],
         result["append_to_durable"]["latency"],
         result["idle_cpu"],
     ]
@@ -97,7 +98,7 @@ def test_judged_figures_carry_target_and_met(
         assert isinstance(section["target"], dict) and section["target"]
         assert isinstance(section["met"], bool)
     names = {check["name"] for check in result["checks"]}
-    assert len(result["checks"]) == 2 * 3 + 4, names
+    assert len(result["checks"]) == 2 * 3 + 5, names
     assert all(isinstance(check["met"], bool) for check in result["checks"])
     comp = result["compression"]
     assert comp["raw_bytes"] > 0 and comp["stored_bytes"] > 0
