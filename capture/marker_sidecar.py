@@ -40,6 +40,7 @@ import numpy.typing as npt
 import xxhash
 
 from capture.config import DataMarkerClass
+from capture.control import report_failure
 from capture.doorbell import DoorbellListener
 from capture.markers import (
     CLOSE_REQUEST,
@@ -562,9 +563,14 @@ class SidecarLoop:
 
 
 def _report_failure(views: MarkerViews, err: int, text: str) -> None:
-    views.set_error_text(text)
-    views.ctrl[SIDECAR_ERRNO] = err
-    views.ctrl[SIDECAR_STATE] = STATE_FAILED
+    report_failure(
+        views.ctrl,
+        text,
+        err,
+        errno_word=SIDECAR_ERRNO,
+        state_word=SIDECAR_STATE,
+        failed=STATE_FAILED,
+    )
 
 
 def sidecar_main(args: SidecarArgs) -> None:
@@ -592,11 +598,10 @@ def sidecar_main(args: SidecarArgs) -> None:
         )
         loop = SidecarLoop(args, views, segments, doorbell)
 
-        def on_term(signum: int, frame: object) -> None:
-            loop.stop_requested = True
-
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel decides; Ctrl-C reaches it
+        # The kernel decides when the sidecar stops (seal, or its own death): a SIGTERM or
+        # Ctrl-C sent to the whole process group must not end the marker lane under it.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         views.ctrl[SIDECAR_STATE] = STATE_RUNNING
         loop.run()
         segments.close()

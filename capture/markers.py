@@ -47,6 +47,7 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
+from capture import control
 from capture.config import DataMarkerClass, DataMarkerConfig
 from capture.doorbell import Doorbell, new_address
 from capture.shm import SharedRegion, unlink_name
@@ -78,9 +79,9 @@ SIDECAR_ERRNO: Final = 21
 SIDECAR_PID: Final = 22
 GAP_RECORDS: Final = 23  # gap records the sidecar wrote
 GAP_OBSERVATIONS: Final = 24  # observations those gaps cover
-ERROR_TEXT_WORD: Final = 32
-ERROR_TEXT_BYTES: Final = 256
-CONTROL_WORDS: Final = 64
+ERROR_TEXT_WORD: Final = control.ERROR_TEXT_WORD
+ERROR_TEXT_BYTES: Final = control.ERROR_TEXT_BYTES
+CONTROL_WORDS: Final = control.CONTROL_WORDS
 CONTROL_BYTES: Final = CONTROL_WORDS * 8
 MARKER_MAGIC: Final = 0x524E54504D41524B  # "KRAMPTNR"
 
@@ -149,14 +150,10 @@ class MarkerViews:
         self.ctrl[MAGIC] = MARKER_MAGIC
 
     def error_text(self) -> str:
-        start = ERROR_TEXT_WORD * 8
-        raw = bytes(self.ctrl.cast("B")[start : start + ERROR_TEXT_BYTES])
-        return raw.rstrip(b"\0").decode("utf-8", "replace")
+        return control.error_text(self.ctrl)
 
     def set_error_text(self, text: str) -> None:
-        start = ERROR_TEXT_WORD * 8
-        data = text.encode()[: ERROR_TEXT_BYTES - 1].ljust(ERROR_TEXT_BYTES, b"\0")
-        self.ctrl.cast("B")[start : start + ERROR_TEXT_BYTES] = data
+        control.set_error_text(self.ctrl, text)
 
     def release(self) -> None:
         del self.records, self.rseq

@@ -34,6 +34,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from capture import control
 from storage.entry import ENTRY_HEADER_SIZE
 
 # Control block words. Producer-written and consumer-written words sit on separate cache lines.
@@ -58,9 +59,9 @@ BYTES_STORED: Final = 25
 BYTES_RAW: Final = 26
 SYNCS: Final = 27
 # words 32..63: the writer's last error message (UTF-8, NUL padded)
-ERROR_TEXT_WORD: Final = 32
-ERROR_TEXT_BYTES: Final = 256
-CONTROL_WORDS: Final = 64
+ERROR_TEXT_WORD: Final = control.ERROR_TEXT_WORD
+ERROR_TEXT_BYTES: Final = control.ERROR_TEXT_BYTES
+CONTROL_WORDS: Final = control.CONTROL_WORDS
 CONTROL_BYTES: Final = CONTROL_WORDS * 8
 
 RING_MAGIC: Final = 0x52494E4754415045  # "RINGTAPE"
@@ -124,14 +125,10 @@ class RingViews:
         self.ctrl[MAGIC] = RING_MAGIC
 
     def error_text(self) -> str:
-        start = ERROR_TEXT_WORD * 8
-        raw = bytes(self.ctrl.cast("B")[start : start + ERROR_TEXT_BYTES])
-        return raw.rstrip(b"\0").decode("utf-8", "replace")
+        return control.error_text(self.ctrl)
 
     def set_error_text(self, text: str) -> None:
-        start = ERROR_TEXT_WORD * 8
-        data = text.encode()[: ERROR_TEXT_BYTES - 1].ljust(ERROR_TEXT_BYTES, b"\0")
-        self.ctrl.cast("B")[start : start + ERROR_TEXT_BYTES] = data
+        control.set_error_text(self.ctrl, text)
 
     def release(self) -> None:
         del self.index_np, self.data_np

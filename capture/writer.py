@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from capture.control import report_failure
 from capture.doorbell import DoorbellListener
 from capture.faults import FaultInjector, FaultPlan
 from capture.ring import (
@@ -216,9 +217,9 @@ class WriterLoop:
 
 
 def _report_failure(views: RingViews, err: int, text: str) -> None:
-    views.set_error_text(text)
-    views.ctrl[WRITER_ERRNO] = err
-    views.ctrl[WRITER_STATE] = STATE_FAILED
+    report_failure(
+        views.ctrl, text, err, errno_word=WRITER_ERRNO, state_word=WRITER_STATE, failed=STATE_FAILED
+    )
 
 
 def writer_main(args: WriterArgs) -> None:
