@@ -42,9 +42,12 @@ MAGIC: Final = 0
 SLOTS: Final = 1
 RING_BYTES: Final = 2
 PRODUCER_PID: Final = 3
+# Read by the producer on every append, written by the consumer only when it goes to sleep or
+# wakes: it shares the first line with words nobody writes after start-up, not the consumer
+# line that every take rewrites (that would cost the producer a cache miss per take).
+CONSUMER_SLEEPING: Final = 4
 # producer line
 CLOSE_REQUEST: Final = 9  # seq of the last entry the writer must make durable, then exit
-PRODUCER_HALTED: Final = 10
 # consumer line
 READ_SEQ: Final = 16
 READ_POS: Final = 17
@@ -52,7 +55,6 @@ DURABLE_SEQ: Final = 18
 WRITER_STATE: Final = 19
 WRITER_ERRNO: Final = 20
 WRITER_HEARTBEAT_NS: Final = 21
-CONSUMER_SLEEPING: Final = 22
 WRITER_PID: Final = 23
 FRAMES_WRITTEN: Final = 24
 BYTES_STORED: Final = 25
