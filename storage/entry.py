@@ -320,3 +320,52 @@ def decode_entry(raw: bytes | memoryview, offset: int) -> Entry:
     return Entry(
         seq, ts_init, ts_publish, topic, payload_type, raw_bytes[q:], correlation, causation
     )
+
+
+def decode_checked(body: bytes, offsets: npt.NDArray[np.int64]) -> list[Entry]:
+    """The entries at ``offsets`` of a frame body that :func:`check_records` accepted.
+
+    Lengths and bounds were checked for the whole frame at once, so this only slices; text is
+    still decoded strictly (``EntryError`` names the offset). Several times faster than
+    :func:`decode_entry` per record, which re-checks everything from scratch.
+    """
+    if len(offsets) == 0:
+        return []
+    h = gather_headers(body, offsets)
+    text: dict[bytes, str] = {}
+    out = []
+    fields = zip(
+        offsets.tolist(),
+        h["payload_len"].tolist(),
+        h["topic_len"].tolist(),
+        h["payload_type_len"].tolist(),
+        h["flags"].tolist(),
+        h["seq"].tolist(),
+        h["ts_init"].tolist(),
+        h["ts_publish"].tolist(),
+        strict=True,
+    )
+    for off, plen, tlen, ptlen, flags, seq, ts_init, ts_publish in fields:
+        p = off + ENTRY_HEADER_SIZE
+        raw_topic = body[p : p + tlen]
+        raw_type = body[p + tlen : p + tlen + ptlen]
+        p += tlen + ptlen
+        try:
+            topic = text.get(raw_topic) or text.setdefault(raw_topic, raw_topic.decode())
+            ptype = text.get(raw_type) or text.setdefault(raw_type, raw_type.decode())
+        except UnicodeDecodeError:
+            raise EntryError(f"topic or payload_type at offset {off} is not UTF-8") from None
+        correlation = causation = None
+        if flags:
+            if flags & FLAG_CORRELATION:
+                correlation = uuid.UUID(bytes=body[p : p + 16])
+                p += 16
+            if flags & FLAG_CAUSATION:
+                causation = uuid.UUID(bytes=body[p : p + 16])
+                p += 16
+        out.append(
+            Entry(
+                seq, ts_init, ts_publish, topic, ptype, body[p : p + plen], correlation, causation
+            )
+        )
+    return out

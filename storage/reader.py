@@ -22,7 +22,7 @@ from typing import NamedTuple, NoReturn
 import numpy as np
 import numpy.typing as npt
 
-from storage.entry import Entry, EntryError, decode_entry
+from storage.entry import Entry, EntryError, decode_checked, decode_entry
 from storage.findings import Finding, Kind
 from storage.frame import (
     SEGMENT_HEADER_SIZE,
@@ -71,6 +71,13 @@ class Frame(NamedTuple):
             if to_seq is None
             else max(0, min(to_seq - first + 1, len(self.offsets)))
         )
+        try:
+            entries = decode_checked(self.body, self.offsets[lo:hi])
+        except EntryError:
+            entries = None  # walk it entry by entry: pass on what precedes the bad one
+        if entries is not None:
+            yield from entries
+            return
         for i in range(lo, hi):
             try:
                 yield decode_entry(self.body, int(self.offsets[i]))
