@@ -211,6 +211,8 @@ class EventStore:
         (if that one cannot be replayed — quarantined, say — the error is logged and the cache
         is left as it is). The newest valid anchor's snapshot is restored, then the entries
         after it are applied in seq order, every frame verified. Never publishes anything.
+        If replay stops at damage (``ReplayError``) the cache may hold part of the state:
+        discard it rather than trade on it.
         """
         iid = _as_uuid(instance_id, "instance_id")
         base_dir = self.config.require_base_dir()
