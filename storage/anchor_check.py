@@ -49,14 +49,21 @@ def check_anchors(ctx: RunContext) -> Iterable[Finding]:
     except (CorruptionError, ValueError):
         return
     manifest = ctx.manifest
-    if manifest is not None and manifest.status.is_sealed and manifest.anchors != found:
+    # Retention may have reclaimed the segments that held older anchors' entries.
+    kept = (
+        []
+        if manifest is None
+        else [a for a in manifest.anchors if int(a.get("seq", 0)) >= ctx.retained_from_seq]
+    )
+    if manifest is not None and manifest.status.is_sealed and kept != found:
         yield Finding(
             Kind.MANIFEST_MISMATCH,
             str(ctx.run_dir / "manifest.json"),
             None,
             None,
             None,
-            f"manifest lists {len(manifest.anchors)} anchor(s), the stream has {len(found)}",
+            f"manifest lists {len(kept)} anchor(s) from seq {ctx.retained_from_seq} on, the"
+            f" stream has {len(found)}: {_first_difference(kept, found)}",
         )
 
 
@@ -65,3 +72,13 @@ def _decode(payload: bytes, seq: int, where: str) -> Anchor | Finding:
         return Anchor.from_payload(payload, seq)
     except BlobError as exc:
         return Finding(Kind.ANCHOR_INVALID, where, None, seq, seq, str(exc))
+
+
+def _first_difference(listed: list[dict[str, object]], found: list[dict[str, object]]) -> str:
+    for i, (a, b) in enumerate(zip(listed, found, strict=False)):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return (
+                    f"anchor {i}: {key} is {a.get(key)!r} in the manifest, {b.get(key)!r} on disk"
+                )
+    return "the lists differ in length"

@@ -18,7 +18,14 @@ from typing import Any, Final
 
 import xxhash
 
-from storage.layout import BLOB_DIR, create_private_file, fsync_dir, inside, make_private_dir
+from storage.layout import (
+    BLOB_DIR,
+    create_private_file,
+    fsync_dir,
+    inside,
+    make_private_dir,
+    open_regular,
+)
 
 HASH_PREFIX: Final = "xxh3-128:"
 MAX_BLOB_BYTES: Final = 1 << 30
@@ -109,11 +116,9 @@ def read_blob(run_dir: Path, anchor: Anchor) -> bytes:
     if anchor.size > MAX_BLOB_BYTES:
         raise BlobError(f"blob {anchor.blob_ref} claims {anchor.size} bytes, over the limit")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        data = open_regular(path, anchor.size)
     except OSError as exc:
         raise BlobError(f"blob {anchor.blob_ref}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(anchor.size + 1)
     if len(data) != anchor.size:
         raise BlobError(f"blob {anchor.blob_ref} is {len(data)} bytes, anchor says {anchor.size}")
     actual = content_hash(data)

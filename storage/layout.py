@@ -9,8 +9,10 @@ symlink or a ``..`` out of the base directory.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +66,27 @@ def inside(base: Path, *parts: str) -> Path:
 
 
 def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) 0700; an existing symlink is refused."""
+    """Create ``path`` (and parents) 0700; an existing symlink is refused. An existing
+    directory keeps its mode: a base dir such as ``$HOME`` is not ringtape's to lock down."""
     if path.is_symlink():
         raise ValueError(f"{path} is a symlink; ringtape does not follow it")
+    if path.is_dir():
+        return
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path, DIR_MODE)
+    os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
+def open_regular(path: Path, max_bytes: int) -> bytes:
+    """Read at most ``max_bytes + 1`` bytes of a regular file, never following a symlink and
+    never blocking on a FIFO or device someone put in its place (``OSError`` otherwise)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(max_bytes + 1)
+    finally:
+        os.close(fd)
 
 
 def create_private_file(path: Path, *, exclusive: bool = True) -> int:
@@ -140,7 +158,7 @@ def list_segments(run_dir: Path, stream: str) -> list[Path]:
     found: list[tuple[int, Path]] = []
     try:
         names = os.listdir(run_dir)
-    except FileNotFoundError:
+    except OSError:  # missing or unreadable: verify reports the directory itself
         return []
     for name in names:
         m = SEGMENT_RE.match(name)

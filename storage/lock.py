@@ -19,13 +19,14 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
-from storage.layout import FILE_MODE, LOCK_NAME, MARKER_LOCK_NAME
+from storage.layout import FILE_MODE, LOCK_NAME, MARKER_LOCK_NAME, open_regular
 
 RUN_LOCKS = (LOCK_NAME, MARKER_LOCK_NAME)
 
@@ -52,8 +53,11 @@ class WriterLock:
         """Lock ``run_dir/name``; retry for up to ``wait_s`` (a probe holds it for an instant).
         With ``create=False`` a missing lock file raises ``FileNotFoundError``."""
         path = run_dir / name
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-        fd = os.open(path, flags, FILE_MODE)
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(path, flags | (os.O_CREAT if create else 0), FILE_MODE)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise LockHeldError(f"{path} is not a regular file; the run is left alone")
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -89,10 +93,12 @@ class WriterLock:
 def writer_alive(run_dir: Path, name: str = LOCK_NAME) -> bool:
     """True when a live process holds the run's lock ``name`` (no lock file: not alive)."""
     try:
-        fd = os.open(run_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(run_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False  # not a lock ringtape made (a FIFO, say): nobody holds it
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
@@ -106,8 +112,7 @@ def writer_alive(run_dir: Path, name: str = LOCK_NAME) -> bool:
 def owner_alive(run_dir: Path) -> bool:
     """Whether the kernel named in ``writer.lock`` still runs (unknown owner: assume it does)."""
     try:
-        with open(run_dir / LOCK_NAME, "rb") as f:
-            pid_text, created_text = f.read(64).decode().split()
+        pid_text, created_text = open_regular(run_dir / LOCK_NAME, 64).decode().split()
         pid, created = int(pid_text), float(created_text)
     except (OSError, ValueError, UnicodeDecodeError):
         return True

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from storage.layout import MANIFEST_NAME, create_private_file, fsync_dir
+from storage.layout import MANIFEST_NAME, create_private_file, fsync_dir, open_regular
 from storage.status import RunStatus
 
 MANIFEST_FORMAT: Final = 1
@@ -89,11 +89,9 @@ def read_manifest(run_dir: Path) -> Manifest:
     """Load and validate ``run_dir/manifest.json`` (bounded size, no symlink)."""
     path = run_dir / MANIFEST_NAME
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        data = open_regular(path, MAX_MANIFEST_BYTES)
     except OSError as exc:
         raise ManifestError(f"{path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(MAX_MANIFEST_BYTES + 1)
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes")
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from storage.layout import BLOB_DIR, MANIFEST_NAME, fsync_dir, list_runs
 from storage.lock import LockHeldError
-from storage.manifest import ManifestError, read_manifest, write_manifest
+from storage.manifest import read_manifest, write_manifest
 from storage.reader import CorruptionError
 from storage.recovery import RecoveryPlan, recover_run
 from storage.replay import iter_anchors
@@ -40,7 +40,12 @@ class SweepReport:
 def sweep_instance(instance_dir: Path) -> SweepReport:
     """Recover the dead ``running`` runs of one instance, oldest first."""
     report = SweepReport()
-    for run_id in list_runs(instance_dir):
+    try:
+        run_ids = list_runs(instance_dir)
+    except OSError as exc:
+        log.warning("recovery skipped %s (retried at next boot): %s", instance_dir, exc)
+        return report
+    for run_id in run_ids:
         run_dir = instance_dir / run_id
         try:
             if read_manifest(run_dir).status is not RunStatus.RUNNING:
@@ -52,7 +57,7 @@ def sweep_instance(instance_dir: Path) -> SweepReport:
         except LockHeldError:
             report.live.append(run_id)
             continue
-        except (ManifestError, OSError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # whatever it is, it must not stop the kernel's boot
             log.warning("recovery skipped %s (retried at next boot): %s", run_id, exc)
             report.skipped.append((run_id, str(exc)))
             continue

@@ -190,6 +190,8 @@ def check_lifecycle(ctx: RunContext) -> Iterable[Finding]:
         yield Finding(
             Kind.MISSING_RUN_STARTED, where, None, 1, 1, f"seq 1 has topic {first.topic!r}"
         )
+    if ctx.events.damage:
+        return  # the last entry is behind damage already reported: nothing more to say
     if ctx.status is RunStatus.ENDED and (last is None or last.topic != TOPIC_RUN_ENDED):
         where = events.segments[-1].path if events.segments else str(ctx.run_dir)
         found = "no entries" if last is None else f"seq {last.seq} has topic {last.topic!r}"

@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import gc
 import json
+import math
 import os
 import platform
 import random
@@ -1031,13 +1032,23 @@ def format_table(result: dict[str, Any]) -> str:
 # -- command line ------------------------------------------------------------------------------
 
 
+def _positive_scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return value
+
+
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``ringtape bench``."""
     parser.add_argument("--quick", action="store_true", help="a smoke run: small counts, ~10 s")
     parser.add_argument("--out", metavar="FILE", help="write the JSON here (default: stdout)")
     parser.add_argument(
         "--seconds",
-        type=float,
+        type=_positive_scale,
         default=1.0,
         metavar="SCALE",
         help="scale every duration and entry count by SCALE (default 1.0)",
@@ -1049,10 +1060,18 @@ def bench_main(args: argparse.Namespace) -> int:
     """Run ``ringtape bench`` from parsed arguments: JSON to ``--out`` or stdout, a table to
     stderr. Exit 0, or 1 when a section could not run (targets missed are not an error)."""
     options = BenchOptions(quick=args.quick, seconds=args.seconds, seed=args.seed)
+    out = None
+    if args.out:  # opened first: a bad path must not cost a whole run's figures
+        try:
+            out = open(args.out, "w")  # noqa: SIM115 - closed below, after the run
+        except OSError as exc:
+            print(f"ringtape bench: --out {args.out}: {exc.strerror}", file=sys.stderr)
+            return 2
     result = run_bench(options)
     text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if out is not None:
+        with out:
+            out.write(text + "\n")
     else:
         sys.stdout.write(text + "\n")
     print(format_table(result), file=sys.stderr)

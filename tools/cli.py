@@ -56,8 +56,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the one-line error format of every other failure."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        # One line, like every other failure; `--help` shows the usage.
+        print(f"{self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
         raise SystemExit(EXIT_ERROR)
 
 

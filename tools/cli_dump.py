@@ -26,6 +26,7 @@ from typing import Any, Final, TextIO
 from storage import markers as marker_format
 from storage.entry import Entry
 from storage.layout import MANIFEST_NAME, list_segments
+from storage.manifest import ManifestError, read_manifest
 from storage.reader import CorruptionError, iter_entries
 from tools.cli_common import EXIT_FINDINGS, EXIT_OK, CliError, check_path
 
@@ -78,7 +79,13 @@ def seq_arg(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="a run directory")
-    parser.add_argument("--from-seq", type=seq_arg, default=1, metavar="SEQ", help="first seq")
+    parser.add_argument(
+        "--from-seq",
+        type=seq_arg,
+        default=None,
+        metavar="SEQ",
+        help="first seq (default: the first one the run still holds)",
+    )
     parser.add_argument("--to-seq", type=seq_arg, metavar="SEQ", help="last seq (inclusive)")
     parser.add_argument(
         "--topic", metavar="GLOB", help="only topics matching GLOB (fnmatch: *, ?, [..])"
@@ -133,7 +140,13 @@ def _in_time(ts: int, args: argparse.Namespace) -> bool:
 
 def _entries(run_dir: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     topic = args.topic
-    for entry in iter_entries(run_dir, from_seq=args.from_seq, to_seq=args.to_seq):
+    start = args.from_seq
+    if start is None:  # retention may have reclaimed the start of the run
+        try:
+            start = read_manifest(run_dir).retained_from_seq
+        except ManifestError:
+            start = 1
+    for entry in iter_entries(run_dir, from_seq=start, to_seq=args.to_seq):
         if topic is not None and not fnmatch.fnmatchcase(entry.topic, topic):
             continue
         if _in_time(entry.ts_init, args):
@@ -146,7 +159,7 @@ def _markers(run_dir: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]
         raise CliError("this build cannot decode marker records (storage.markers is incomplete)")
     for rec in records(run_dir):
         seq = int(rec.get("marker_seq", 0))
-        if seq < args.from_seq:
+        if args.from_seq is not None and seq < args.from_seq:
             continue
         if args.to_seq is not None and seq > args.to_seq:
             return
@@ -180,7 +193,7 @@ def _check_run_dir(text: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.to_seq is not None and args.to_seq < args.from_seq:
+    if args.to_seq is not None and args.from_seq is not None and args.to_seq < args.from_seq:
         raise CliError(f"--to-seq {args.to_seq} is before --from-seq {args.from_seq}")
     if args.markers and args.topic is not None:
         raise CliError("--topic does not apply to --markers (marker records have no topic)")

@@ -1,0 +1,97 @@
+"""Hostile or odd things on disk and on the command line: one clear answer, never a hang."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from conftest import make_run
+
+from capture.config import EventStoreConfig, RegisteredComponents
+from capture.store import EventStore, StoreOptions
+from storage.layout import BLOB_DIR, MANIFEST_NAME, RunPaths
+from storage.manifest import read_manifest
+from storage.retention import apply_plan, describe_instance, plan_retention
+from storage.verify import verify_path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ringtape(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_existing_base_dir_keeps_its_mode(tmp_path: Path) -> None:
+    base = tmp_path / "shared"
+    base.mkdir(mode=0o755)
+    os.chmod(base, 0o755)
+    RunPaths(base, str(uuid.uuid4()), "1-deadbeef").create()
+    assert base.stat().st_mode & 0o777 == 0o755
+    run_dirs = list(base.glob("*/*"))
+    assert [oct(d.stat().st_mode & 0o777) for d in run_dirs] == ["0o700"]
+
+
+def test_a_fifo_in_place_of_manifest_or_blob_never_hangs(tmp_path: Path) -> None:
+    run = make_run(tmp_path, 30)
+    (run / MANIFEST_NAME).unlink()
+    os.mkfifo(run / MANIFEST_NAME)
+    (run / BLOB_DIR).mkdir()
+    os.mkfifo(run / BLOB_DIR / "x.snap")
+    report = verify_path(run)  # pytest-timeout fails the test if this blocks
+    assert not report.ok
+    assert any(f.kind == "unreadable" for f in report.findings)
+
+
+def test_a_directory_in_place_of_the_manifest_is_a_finding_not_an_abort(tmp_path: Path) -> None:
+    good = make_run(tmp_path, 20, start_ts=10)
+    bad = make_run(tmp_path, 20, start_ts=20)
+    (bad / MANIFEST_NAME).unlink()
+    (bad / MANIFEST_NAME).mkdir()
+    result = ringtape("verify", "--json", str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert good.name in result.stdout and bad.name in result.stdout
+
+
+def test_usage_errors_are_one_line(tmp_path: Path) -> None:
+    for args in (("verify",), ("dump", str(tmp_path), "--from-seq", "x"), ("bogus",)):
+        result = ringtape(*args)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ringtape"), result.stderr
+
+
+def test_snapshot_pruned_run_verifies_and_dumps(tmp_path: Path) -> None:
+    instance = uuid.uuid4()
+    store = EventStore(
+        EventStoreConfig(base_dir=str(tmp_path), max_batch_entries=10),
+        options=StoreOptions(segment_max_bytes=4096),
+    )
+    store.open(instance, RegisteredComponents(), "backtest")
+    anchor = store.snapshot_anchorer()
+    assert anchor is not None
+    for k in range(300):
+        store.append("events.order.accepted", os.urandom(64), ts_init=k)
+        if k in (100, 200):
+            anchor(b"snapshot %d" % k)
+    run_dir = store.run_dir()
+    assert run_dir is not None
+    store.seal()
+    plan = plan_retention(describe_instance(tmp_path / str(instance)), "SnapshotAnchored")
+    apply_plan(tmp_path / str(instance), plan)
+    retained = read_manifest(run_dir).retained_from_seq
+    assert retained > 1
+    report = verify_path(run_dir)
+    assert report.ok, [str(f) for f in report.findings]
+    dumped = ringtape("dump", str(run_dir))
+    assert dumped.returncode == 0, dumped.stderr
+    assert dumped.stdout.splitlines()[0].startswith(f'{{"seq":{retained},')
