@@ -280,6 +280,7 @@ class EventStore:
             identity=self.config.identity.to_dict(),
             registered_components=components.to_dict(),
             feature_flags=[*self.config.identity.feature_flags, self.config.retention.feature_flag],
+            retention=self.config.retention.to_dict(),
             environment=str(env),
         )
         payload = json.dumps(

@@ -43,6 +43,9 @@ class Manifest:
     # Snapshot anchors of the run, as recorded in its entry stream (an index; the stream is
     # the truth): [{"seq", "high_watermark", "blob_ref", "content_hash", "size"}].
     anchors: list[dict[str, Any]] = field(default_factory=list)
+    # The run's RetentionMode in its serde JSON form ("Full", {"Bounded": {"keep_last": N}},
+    # "SnapshotAnchored"), so that `ringtape prune` needs no flags; None for older manifests.
+    retention: Any = None
     # Set by retention (SnapshotAnchored): entries before this seq were reclaimed on purpose.
     retained_from_seq: int = 1
     format: int = MANIFEST_FORMAT

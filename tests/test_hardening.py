@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import make_run
 
-from capture.config import EventStoreConfig, RegisteredComponents
+from capture.config import EventStoreConfig, RegisteredComponents, RetentionMode
 from capture.store import EventStore, StoreOptions
 from storage.layout import BLOB_DIR, MANIFEST_NAME, RunPaths
 from storage.manifest import read_manifest
@@ -95,3 +95,22 @@ def test_snapshot_pruned_run_verifies_and_dumps(tmp_path: Path) -> None:
     dumped = ringtape("dump", str(run_dir))
     assert dumped.returncode == 0, dumped.stderr
     assert dumped.stdout.splitlines()[0].startswith(f'{{"seq":{retained},')
+
+
+def test_prune_reads_bounded_keep_last_from_the_manifests(tmp_path: Path) -> None:
+    instance = uuid.uuid4()
+    config = EventStoreConfig(base_dir=str(tmp_path), retention=RetentionMode.bounded(2))
+    runs = []
+    for _ in range(4):
+        store = EventStore(config, instance_id=instance)
+        store.open(instance, RegisteredComponents(), "backtest")
+        store.append("events.order.accepted", b"{}", ts_init=1)
+        runs.append(store.run_dir())
+        store.seal()
+    assert read_manifest(runs[-1]).retention == {"Bounded": {"keep_last": 2}}
+    dry = ringtape("prune", str(tmp_path), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert all(r is not None and r.exists() for r in runs)
+    done = ringtape("prune", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert [r is not None and r.exists() for r in runs] == [False, False, True, True]

@@ -2,8 +2,9 @@
 
 The plan is ``storage.retention.plan_retention`` (pure); reclaiming is ``apply_plan``
 (rename into ``.trash``, fsync, then delete). The mode comes from ``--mode`` or, by default,
-from the ``retention=…`` feature flag of the instance's newest readable manifest. ``Bounded``'s
-``keep_last`` is not recorded in manifests, so it must be given with ``--keep-last``.
+from the instance's newest readable manifest (its ``retention`` field, with ``Bounded``'s
+``keep_last``; or, in manifests without it, the ``retention=…`` feature flag, in which case a
+bounded mode needs ``--keep-last``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the plan and result as JSON")
 
 
+def recorded_keep_last(instance_dir: Path) -> int | None:
+    """``keep_last`` of a Bounded mode recorded in the newest readable manifest."""
+    for run_id in reversed(list_runs(instance_dir)):
+        try:
+            recorded = read_manifest(instance_dir / run_id).retention
+        except ManifestError:
+            continue
+        if isinstance(recorded, dict) and isinstance(recorded.get("Bounded"), dict):
+            keep = recorded["Bounded"].get("keep_last")
+            return keep if isinstance(keep, int) and keep >= 1 else None
+        return None
+    return None
+
+
 def recorded_mode(instance_dir: Path) -> str | None:
     """The mode in the ``retention=`` feature flag of the newest readable manifest."""
     for run_id in reversed(list_runs(instance_dir)):
@@ -83,10 +98,10 @@ def _mode_for(instance_dir: Path, args: argparse.Namespace) -> str:
         )
     if mode not in MODES:
         raise CliError(f"instance {instance_dir.name}: unknown retention mode {mode!r}")
-    if mode == "bounded" and args.keep_last is None:
+    if mode == "bounded" and args.keep_last is None and recorded_keep_last(instance_dir) is None:
         raise CliError(
             f"instance {instance_dir.name}: bounded retention needs --keep-last N"
-            " (manifests record the mode, not N)"
+            " (its manifests do not record N)"
         )
     if mode != "bounded" and args.keep_last is not None:
         raise CliError(f"--keep-last applies to bounded retention only, the mode is {mode}")
@@ -98,7 +113,7 @@ def make_plans(targets: list[Path], args: argparse.Namespace) -> list[InstancePl
     plans = []
     for d in targets:
         mode = _mode_for(d, args)
-        keep = args.keep_last if mode == "bounded" else None
+        keep = (args.keep_last or recorded_keep_last(d)) if mode == "bounded" else None
         try:
             plan = plan_retention(describe_instance(d), MODES[mode], keep)
         except ValueError as exc:
