@@ -389,23 +389,27 @@ class LocatedEntry(NamedTuple):
     entry: Entry
 
 
-def iter_marker_entries(run_dir: Path) -> Iterator[LocatedEntry]:
+def iter_marker_entries(run_dir: Path, *, strict: bool = False) -> Iterator[LocatedEntry]:
     """The marker stream's entries in whole, checked frames, in marker-seq order.
 
-    Stops quietly at a torn tail or at the first damage, which the segment scan reports: what
-    is returned is the intact prefix of the stream.
+    By default stops quietly at a torn tail or at the first damage, which the segment scan
+    reports (verification wants the intact prefix). ``strict``: damage raises
+    ``CorruptionError`` after the entries before it, and only a live run's torn tail ends the
+    stream quietly — what a reader that must not mislead (dump, fold) wants.
     """
     try:
-        for frame in iter_frames(run_dir, MARKER_STREAM, strict=False):
+        for frame in iter_frames(run_dir, MARKER_STREAM, strict=None if strict else False):
             for entry in frame.entries():
                 yield LocatedEntry(Path(frame.path), frame.offset, entry)
     except CorruptionError:
+        if strict:
+            raise
         return
 
 
-def iter_markers(run_dir: Path) -> Iterator[MarkerRecord]:
+def iter_markers(run_dir: Path, *, strict: bool = False) -> Iterator[MarkerRecord]:
     """Decoded marker records of a run, in marker-seq order (see :func:`iter_marker_entries`)."""
-    for located in iter_marker_entries(run_dir):
+    for located in iter_marker_entries(run_dir, strict=strict):
         yield decode_marker(located.entry)
 
 
@@ -451,9 +455,10 @@ def fold_records(records: Iterable[MarkerRecord], event_seq: int | None = None) 
 
 def fold_to(run_dir: Path, event_seq: int) -> Fold:
     """Every cursor as of entry ``event_seq``: all observations made before entry
-    ``event_seq + 1`` was appended. Reads the marker stream only as far as it must (its intact
-    prefix); a record that does not decode raises ``MarkerFormatError``."""
-    return fold_records(iter_markers(run_dir), event_seq)
+    ``event_seq + 1`` was appended. Reads the marker stream only as far as it must; damage on
+    the way raises ``CorruptionError`` and a record that does not decode ``MarkerFormatError``
+    (a fold must never be silently short)."""
+    return fold_records(iter_markers(run_dir, strict=True), event_seq)
 
 
 # -- JSON for `ringtape dump --markers` ---------------------------------------------------------
@@ -518,10 +523,11 @@ def iter_marker_records(run_dir: Path) -> Iterator[dict[str, Any]]:
     """The run's marker records as JSON-able dicts, in order (for ``ringtape dump --markers``).
 
     A record that does not decode is yielded as ``{"marker_seq", "kind": "invalid", "topic",
-    "error"}`` rather than stopping the dump.
+    "error"}`` rather than stopping the dump; damage to the stream raises ``CorruptionError``
+    after the records before it (the dump then exits 1).
     """
     streams: dict[int, StreamDef] = {}
-    for located in iter_marker_entries(run_dir):
+    for located in iter_marker_entries(run_dir, strict=True):
         entry = located.entry
         try:
             rec = decode_marker(entry)

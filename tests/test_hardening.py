@@ -10,7 +10,12 @@ from pathlib import Path
 
 from conftest import make_run
 
-from capture.config import EventStoreConfig, RegisteredComponents, RetentionMode
+from capture.config import (
+    DataMarkerConfig,
+    EventStoreConfig,
+    RegisteredComponents,
+    RetentionMode,
+)
 from capture.store import EventStore, StoreOptions
 from storage.layout import BLOB_DIR, MANIFEST_NAME, RunPaths
 from storage.manifest import read_manifest
@@ -114,3 +119,25 @@ def test_prune_reads_bounded_keep_last_from_the_manifests(tmp_path: Path) -> Non
     done = ringtape("prune", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert [r is not None and r.exists() for r in runs] == [False, False, True, True]
+
+
+def test_dump_markers_of_a_damaged_marker_stream_exits_1(tmp_path: Path) -> None:
+    instance = uuid.uuid4()
+    config = EventStoreConfig(base_dir=str(tmp_path), data_markers=DataMarkerConfig())
+    store = EventStore(config, instance_id=instance)
+    store.open(instance, RegisteredComponents(), "live")
+    for i in range(3000):
+        store.observe_data("Quote", "ETH.SIM", i, i)
+        if i % 50 == 0:
+            store.append("events.order.accepted", b"{}")
+    run_dir = store.run_dir()
+    assert run_dir is not None
+    store.seal()
+    assert ringtape("dump", "--markers", str(run_dir)).returncode == 0
+    segment = sorted(run_dir.glob("markers-*.seg"))[0]
+    data = bytearray(segment.read_bytes())
+    data[200] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    result = ringtape("dump", "--markers", str(run_dir))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and result.stderr.strip()
