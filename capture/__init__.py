@@ -10,6 +10,7 @@ from capture.config import (
     RunIdentity,
 )
 from capture.errors import (
+    AnchorRefused,
     EntryTooLarge,
     EventStoreError,
     HaltReason,
@@ -21,6 +22,7 @@ from capture.errors import (
 from capture.store import Clock, EventStore, StoreOptions, SystemClock, event_store_factory
 
 __all__ = [
+    "AnchorRefused",
     "Clock",
     "DataMarkerClass",
     "DataMarkerConfig",

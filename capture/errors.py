@@ -15,7 +15,7 @@ from dataclasses import dataclass
 class HaltReason:
     """Why the store stopped accepting entries."""
 
-    kind: str  # "BackpressureStall" | "WriterDied" | "BackendDisk" | "WriterError"
+    kind: str  # "BackpressureStall" | "WriterDied" | "BackendDisk" | "WriterError" | "AnchorStall"
     detail: str
     errno: int | None = None
     stalled_for_s: float | None = None

@@ -1054,6 +1054,11 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="scale every duration and entry count by SCALE (default 1.0)",
     )
     parser.add_argument("--seed", type=int, default=BenchOptions.seed, help="payload seed")
+    parser.add_argument(
+        "--no-markers",
+        action="store_true",
+        help="skip the data-marker benchmark (observe_data at 200k/s, the sidecar's top rate)",
+    )
 
 
 def bench_main(args: argparse.Namespace) -> int:
@@ -1068,6 +1073,14 @@ def bench_main(args: argparse.Namespace) -> int:
             print(f"ringtape bench: --out {args.out}: {exc.strerror}", file=sys.stderr)
             return 2
     result = run_bench(options)
+    if not args.no_markers:
+        from tools.bench_markers import run_marker_bench  # imports tools.bench itself
+
+        try:
+            result["data_markers"] = run_marker_bench(quick=args.quick)
+        except Exception as exc:  # a failed section is reported, the rest still stands
+            result["data_markers"] = {"error": f"{type(exc).__name__}: {exc}"}
+            result["errors"].append({"sections": ["data_markers"], "error": str(exc)})
     text = json.dumps(result, indent=2)
     if out is not None:
         with out:
@@ -1075,6 +1088,15 @@ def bench_main(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text + "\n")
     print(format_table(result), file=sys.stderr)
+    markers = result.get("data_markers", {}).get("paced", {})
+    if "observe_data" in markers:
+        lat = markers["observe_data"]
+        print(
+            f"observe_data at {markers.get('achieved_rate_per_s', 0):,.0f}/s with entries"
+            f" running: p50 {lat['p50_ns'] / 1e3:.2f} us, p99 {lat['p99_ns'] / 1e3:.2f} us;"
+            f" dropped {markers.get('dropped', '?')}",
+            file=sys.stderr,
+        )
     return 1 if result["errors"] else 0
 
 
