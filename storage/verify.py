@@ -58,6 +58,7 @@ from storage.scan import (
 from storage.status import RunStatus
 
 STREAMS: Final = tuple(STREAM_NAMES.values())
+BLOB_NAME_RE: Final = re.compile(r"^[0-9a-f]{32}\.snap$")
 TEMP_MANIFEST_RE: Final = re.compile(r"^\." + re.escape(MANIFEST_NAME) + r"\..*\.tmp$")
 
 ProgressFn = Callable[[int, int], None]
@@ -114,6 +115,8 @@ def check_files(ctx: RunContext) -> Iterable[Finding]:
                 yield Finding(
                     Kind.UNEXPECTED_FILE, path, None, None, None, "blobs is not a directory"
                 )
+            else:
+                yield from _check_blob_dir(Path(path))
         elif TORN_FILE_RE.match(e.name):
             size = e.stat(follow_symlinks=False).st_size
             yield Finding(
@@ -137,6 +140,24 @@ def check_files(ctx: RunContext) -> Iterable[Finding]:
             yield Finding(
                 Kind.UNEXPECTED_FILE, path, None, None, None, "not a file ringtape writes"
             )
+
+
+def _check_blob_dir(blob_dir: Path) -> Iterable[Finding]:
+    """Only ``<32 hex>.snap`` regular files belong in ``blobs/``; a ``.<name>.tmp`` is a blob
+    write a crash interrupted (never anchored: nothing refers to it)."""
+    try:
+        entries = sorted(os.scandir(blob_dir), key=lambda e: e.name)
+    except OSError as exc:
+        yield Finding(Kind.UNREADABLE, str(blob_dir), detail=f"cannot list: {exc.strerror}")
+        return
+    for e in entries:
+        path = str(blob_dir / e.name)
+        if BLOB_NAME_RE.match(e.name) and e.is_file(follow_symlinks=False):
+            continue
+        if e.name.startswith(".") and e.name.endswith(".tmp"):
+            yield Finding(Kind.LEFTOVER_TEMP, path, detail="a snapshot blob write was interrupted")
+        else:
+            yield Finding(Kind.UNEXPECTED_FILE, path, detail="not a snapshot blob ringtape wrote")
 
 
 def check_manifest(ctx: RunContext) -> Iterable[Finding]:

@@ -141,3 +141,12 @@ def test_dump_markers_of_a_damaged_marker_stream_exits_1(tmp_path: Path) -> None
     result = ringtape("dump", "--markers", str(run_dir))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and result.stderr.strip()
+
+
+def test_files_in_blobs_that_ringtape_did_not_write_are_findings(tmp_path: Path) -> None:
+    run = make_run(tmp_path, 20)
+    (run / BLOB_DIR).mkdir()
+    (run / BLOB_DIR / "evil.sh").write_text("#!/bin/sh\n")
+    (run / BLOB_DIR / ".abc.snap.1.tmp").write_bytes(b"half")
+    kinds = sorted(str(f.kind) for f in verify_path(run).findings)
+    assert kinds == ["leftover_temp", "unexpected_file"]
