@@ -25,7 +25,6 @@ Loop, top to bottom:
 from __future__ import annotations
 
 import os
-import signal
 import struct
 import sys
 import threading
@@ -67,7 +66,13 @@ from capture.markers import (
     SidecarArgs,
 )
 from capture.shm import SharedRegion
-from capture.spawn import read_child_args
+from capture.spawn import (
+    EXIT_ATTACH_FAILED,
+    EXIT_OK,
+    describe_failure,
+    ignore_group_signals,
+    read_child_args,
+)
 from storage.frame import STREAM_MARKERS
 from storage.layout import MARKER_LOCK_NAME
 from storage.lock import WriterLock
@@ -94,10 +99,6 @@ COMMIT_RECORDS: Final = 16384
 IDLE_SLEEP_S: Final = 0.05
 NAP_S: Final = 0.001
 
-EXIT_OK: Final = 0
-EXIT_ATTACH_FAILED: Final = 2
-EXIT_DISK_ERROR: Final = 3
-EXIT_INTERNAL_ERROR: Final = 4
 
 CLASS_NAMES: Final = [c.value for c in DataMarkerClass.all()]
 _QUAD: Final = struct.Struct("<QQQQ")
@@ -598,21 +599,15 @@ def sidecar_main(args: SidecarArgs) -> None:
         )
         loop = SidecarLoop(args, views, segments, doorbell)
 
-        # The kernel decides when the sidecar stops (seal, or its own death): a SIGTERM or
-        # Ctrl-C sent to the whole process group must not end the marker lane under it.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignore_group_signals()
         views.ctrl[SIDECAR_STATE] = STATE_RUNNING
         loop.run()
         segments.close()
         doorbell.close()
         lock.release()
-    except OSError as exc:
-        _report_failure(views, exc.errno or 0, f"{exc.strerror or exc} ({exc.filename or ''})")
-        code = EXIT_DISK_ERROR
     except Exception as exc:  # the kernel must learn why its sidecar stopped
-        _report_failure(views, 0, f"{type(exc).__name__}: {exc}")
-        code = EXIT_INTERNAL_ERROR
+        err, text, code = describe_failure(exc)
+        _report_failure(views, err, text)
     finally:
         views.release()
         region.close()

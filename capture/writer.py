@@ -24,7 +24,6 @@ Loop, top to bottom:
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -57,7 +56,14 @@ from capture.ring import (
     stamp_publish_time,
 )
 from capture.shm import SharedRegion
-from capture.spawn import read_child_args, spawn_child
+from capture.spawn import (
+    EXIT_ATTACH_FAILED,
+    EXIT_OK,
+    describe_failure,
+    ignore_group_signals,
+    read_child_args,
+    spawn_child,
+)
 from capture.wait import BackoffWait
 from storage.frame import STREAM_EVENTS
 from storage.layout import LOCK_NAME
@@ -67,11 +73,6 @@ from storage.segment_writer import SegmentWriter
 GROUP_BYTES: Final = 16 * 1024 * 1024
 GROUP_ENTRIES: Final = 8192
 BATCH_POLL_S: Final = 0.0002
-
-EXIT_OK: Final = 0
-EXIT_ATTACH_FAILED: Final = 2
-EXIT_DISK_ERROR: Final = 3
-EXIT_INTERNAL_ERROR: Final = 4
 
 
 @dataclass(frozen=True)
@@ -248,21 +249,15 @@ def writer_main(args: WriterArgs) -> None:
         )
         loop = WriterLoop(args, views, segments, doorbell, faults)
 
-        # The kernel decides when its writer stops (seal, or its own death): a SIGTERM or
-        # Ctrl-C sent to the whole process group must not end the record under a live kernel.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignore_group_signals()
         views.ctrl[WRITER_STATE] = STATE_RUNNING
         loop.run()
         segments.close()
         doorbell.close()
         lock.release()
-    except OSError as exc:
-        _report_failure(views, exc.errno or 0, f"{exc.strerror or exc} ({exc.filename or ''})")
-        code = EXIT_DISK_ERROR
     except Exception as exc:  # the store must learn why its writer stopped
-        _report_failure(views, 0, f"{type(exc).__name__}: {exc}")
-        code = EXIT_INTERNAL_ERROR
+        err, text, code = describe_failure(exc)
+        _report_failure(views, err, text)
     finally:
         views.release()
         region.close()
