@@ -27,7 +27,7 @@ import os
 import stat
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -953,7 +953,32 @@ def check_stream(
             if found is not None:
                 findings.append(found)
         prev = s
-    return StreamScan(stream, tuple(scans), tuple(findings))
+    return StreamScan(stream, tuple(scans), tuple(explain_reorders(findings)))
+
+
+def explain_reorders(findings: list[Finding]) -> list[Finding]:
+    """A forward jump whose "missing" seqs turn up later, out of order, is a reorder, not a
+    loss: say so in the ``missing_frame`` finding (kind kept stable, the words corrected)."""
+    late = sorted(
+        (g.seq_from, g.seq_to)
+        for g in findings
+        if g.kind is Kind.CHAIN_BREAK and g.seq_from is not None and g.seq_to is not None
+    )
+    out = []
+    for f in findings:
+        if f.kind is Kind.MISSING_FRAME and f.seq_from is not None and f.seq_to is not None:
+            covered_to = f.seq_from - 1  # seqs f.seq_from..covered_to turn up later
+            for lo, hi in late:
+                if lo <= covered_to + 1 <= hi:
+                    covered_to = hi
+            if covered_to >= f.seq_to:
+                f = replace(
+                    f,
+                    detail=f"seq {f.seq_from}..{f.seq_to} are not gone, they come later in the"
+                    " file: frames are out of order",
+                )
+        out.append(f)
+    return out
 
 
 def scan_stream(

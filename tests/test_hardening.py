@@ -150,3 +150,18 @@ def test_files_in_blobs_that_ringtape_did_not_write_are_findings(tmp_path: Path)
     (run / BLOB_DIR / ".abc.snap.1.tmp").write_bytes(b"half")
     kinds = sorted(str(f.kind) for f in verify_path(run).findings)
     assert kinds == ["leftover_temp", "unexpected_file"]
+
+
+def test_swapped_frames_are_called_a_reorder_not_a_loss(tmp_path: Path) -> None:
+    from storage.scan import scan_segment
+
+    run = make_run(tmp_path, 40)
+    seg = run / "events-000000.seg"
+    frames = list(scan_segment(seg).frames)
+    (a, _), (b, hb) = frames[2], frames[3]
+    data = seg.read_bytes()
+    seg.write_bytes(data[:a] + data[b : b + hb.size] + data[a:b] + data[b + hb.size :])
+    report = verify_path(run)
+    assert not report.ok
+    missing = [f for f in report.findings if f.kind == "missing_frame"]
+    assert missing and all("out of order" in f.detail for f in missing)
