@@ -399,8 +399,9 @@ def iter_marker_entries(run_dir: Path, *, strict: bool = False) -> Iterator[Loca
     """
     try:
         for frame in iter_frames(run_dir, MARKER_STREAM, strict=None if strict else False):
+            path = Path(frame.path)  # once per frame: a Path per entry cost more than decoding
             for entry in frame.entries():
-                yield LocatedEntry(Path(frame.path), frame.offset, entry)
+                yield LocatedEntry(path, frame.offset, entry)
     except CorruptionError:
         if strict:
             raise
