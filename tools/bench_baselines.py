@@ -96,19 +96,18 @@ def _queue_consumer(q: Any, state: Any, parent: int) -> None:
         state[_RECEIVED] = count
 
 
-class QueueBaseline:
-    """``multiprocessing.Queue`` (unbounded, the usual use): pickle + pipe + feeder thread."""
+class _QueueConsumer:
+    """A consumer process draining a queue and counting into a shared ``[ready, received]``."""
 
-    name = "mp_queue"
-    shape = SHAPE_MESSAGE
+    name: str
 
-    def __init__(self) -> None:
-        self._queue: Any = _CTX.Queue()
+    def _start(self, queue_obj: Any, target: Callable[..., None]) -> None:
+        self._queue: Any = queue_obj
         self._state: Any = _CTX.RawArray(ctypes.c_uint64, 2)
         self._process = _CTX.Process(
-            target=_queue_consumer,
+            target=target,
             args=(self._queue, self._state, os.getpid()),
-            name="bench-mp-queue-consumer",
+            name=f"bench-{self.name}-consumer",
             daemon=True,
         )
         self._process.start()
@@ -120,6 +119,16 @@ class QueueBaseline:
 
     def consumer_pid(self) -> int | None:
         return self._process.pid
+
+
+class QueueBaseline(_QueueConsumer):
+    """``multiprocessing.Queue`` (unbounded, the usual use): pickle + pipe + feeder thread."""
+
+    name = "mp_queue"
+    shape = SHAPE_MESSAGE
+
+    def __init__(self) -> None:
+        self._start(_CTX.Queue(), _queue_consumer)
 
     def stop(self, timeout: float = 30.0) -> None:
         if self._process.is_alive():
@@ -150,7 +159,7 @@ def _fifo_consumer(q: Any, state: Any, parent: int) -> None:
         state[_RECEIVED] = count
 
 
-class FasterFifoBaseline:
+class FasterFifoBaseline(_QueueConsumer):
     """``faster_fifo.Queue``: pickle in ``put``, a C++ ring in shared memory behind a mutex."""
 
     name = "faster_fifo"
@@ -160,23 +169,7 @@ class FasterFifoBaseline:
         import faster_fifo
 
         self.max_size_bytes = max_size_bytes
-        self._queue: Any = faster_fifo.Queue(max_size_bytes=max_size_bytes)
-        self._state: Any = _CTX.RawArray(ctypes.c_uint64, 2)
-        self._process = _CTX.Process(
-            target=_fifo_consumer,
-            args=(self._queue, self._state, os.getpid()),
-            name="bench-faster-fifo-consumer",
-            daemon=True,
-        )
-        self._process.start()
-        _wait_ready(self._process, lambda: bool(self._state[_READY]), self.name)
-        self.send: Callable[..., object] = self._queue.put
-
-    def received(self) -> int:
-        return int(self._state[_RECEIVED])
-
-    def consumer_pid(self) -> int | None:
-        return self._process.pid
+        self._start(faster_fifo.Queue(max_size_bytes=max_size_bytes), _fifo_consumer)
 
     def stop(self, timeout: float = 30.0) -> None:
         if self._process.is_alive():
