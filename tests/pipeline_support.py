@@ -8,6 +8,9 @@ crashed writer's tail).
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,3 +78,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(0.005)
+
+
+def sigkill_kernel_after_report(script: str, *args: str) -> tuple[list[str], int]:
+    """Run ``script`` as a kernel process until it prints its first line, SIGKILL it there
+    and return that line's fields and the dead kernel's pid."""
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert kernel.stdout is not None
+        fields = kernel.stdout.readline().split()
+        kernel.send_signal(signal.SIGKILL)
+    finally:
+        kernel.kill()
+        kernel.wait()
+    return fields, kernel.pid

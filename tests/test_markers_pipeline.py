@@ -16,7 +16,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pipeline_support import pid_alive, shm_names, wait_until, walk_entries
+from pipeline_support import (
+    pid_alive,
+    shm_names,
+    sigkill_kernel_after_report,
+    wait_until,
+    walk_entries,
+)
 
 from capture.config import DataMarkerClass, DataMarkerConfig, EventStoreConfig
 from capture.config import RegisteredComponents as Components
@@ -369,23 +375,12 @@ KERNEL_SCRIPT = textwrap.dedent(
 
 
 def test_kernel_sigkill_sidecar_accounts_for_what_it_took_and_exits(tmp_path: Path) -> None:
-    kernel = subprocess.Popen(
-        [sys.executable, "-c", KERNEL_SCRIPT, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
+    (sidecar_text, _, run_dir_text), kernel_pid = sigkill_kernel_after_report(
+        KERNEL_SCRIPT, str(tmp_path)
     )
-    try:
-        assert kernel.stdout is not None
-        sidecar_text, _, run_dir_text = kernel.stdout.readline().split()
-        sidecar_pid, run_dir = int(sidecar_text), Path(run_dir_text)
-        kernel.send_signal(signal.SIGKILL)
-        kernel.wait()
-        wait_until(lambda: not pid_alive(sidecar_pid), what="the orphaned sidecar to exit")
-    finally:
-        kernel.kill()
-        kernel.wait()
-    assert not shm_names(kernel.pid)
+    sidecar_pid, run_dir = int(sidecar_text), Path(run_dir_text)
+    wait_until(lambda: not pid_alive(sidecar_pid), what="the orphaned sidecar to exit")
+    assert not shm_names(kernel_pid)
     assert read_manifest(run_dir).status is RunStatus.RUNNING  # for the recovery sweep
     final = fold_to(run_dir, 10**9)
     assert final.cursors == {("Trade", "ETH.SIM"): Cursor(3000, 2999, 0)} and final.obs == 3000

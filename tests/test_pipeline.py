@@ -6,8 +6,6 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import uuid
 from datetime import timedelta
@@ -17,7 +15,13 @@ import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pipeline_support import pid_alive, shm_names, wait_until, walk_entries
+from pipeline_support import (
+    pid_alive,
+    shm_names,
+    sigkill_kernel_after_report,
+    wait_until,
+    walk_entries,
+)
 
 from capture.config import EventStoreConfig, RegisteredComponents
 from capture.errors import EntryTooLarge, HaltReason, RunStartedTimeout, StoreHalted, StoreNotOpen
@@ -132,23 +136,12 @@ KERNEL_SCRIPT = textwrap.dedent(
 
 
 def test_kernel_sigkill_writer_drains_and_exits(tmp_path: Path) -> None:
-    kernel = subprocess.Popen(
-        [sys.executable, "-c", KERNEL_SCRIPT, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parent.parent,
+    (writer_pid_text, run_dir_text), kernel_pid = sigkill_kernel_after_report(
+        KERNEL_SCRIPT, str(tmp_path)
     )
-    try:
-        assert kernel.stdout is not None
-        writer_pid_text, run_dir_text = kernel.stdout.readline().split()
-        writer_pid, run_dir = int(writer_pid_text), Path(run_dir_text)
-        kernel.send_signal(signal.SIGKILL)
-        kernel.wait()
-        wait_until(lambda: not pid_alive(writer_pid), what="orphaned writer to exit")
-    finally:
-        kernel.kill()
-        kernel.wait()
-    assert not shm_names(kernel.pid)
+    writer_pid, run_dir = int(writer_pid_text), Path(run_dir_text)
+    wait_until(lambda: not pid_alive(writer_pid), what="orphaned writer to exit")
+    assert not shm_names(kernel_pid)
     assert read_manifest(run_dir).status is RunStatus.RUNNING
     seqs = [e.seq for e in walk_entries(run_dir)]
     assert seqs == list(range(1, 8002)), "the writer drains everything published before exiting"
