@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# mypy checks the sources under their installed names: this directory is the `ringtape`
+# package (pyproject.toml maps it), so mypy runs where `ringtape` links back here.
+MYPY_ROOT := $(VENV)/mypy
+SOURCES := __init__.py capture storage tools tests
 
 .PHONY: demo test lint typecheck unit bench clean
 
@@ -12,17 +16,18 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	mkdir -p $(MYPY_ROOT) && ln -sfn ../.. $(MYPY_ROOT)/ringtape
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ringtape demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check capture storage tools tests
-	$(BIN)/ruff format --check capture storage tools tests
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 typecheck: $(STAMP)
-	$(BIN)/mypy
+	cd $(MYPY_ROOT) && ../bin/mypy --config-file ../../pyproject.toml
 
 unit: $(STAMP)
 	$(BIN)/pytest -q

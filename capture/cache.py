@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final, Protocol
 
-from storage.entry import Entry
+from ringtape.storage.format.entry import Entry
 
 
 class Cache(Protocol):

@@ -38,10 +38,17 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
-from capture.config import DataMarkerClass
-from capture.control import report_failure
-from capture.doorbell import DoorbellListener
-from capture.markers import (
+from ringtape.capture.child import (
+    EXIT_ATTACH_FAILED,
+    EXIT_OK,
+    describe_failure,
+    ignore_group_signals,
+    read_child_args,
+)
+from ringtape.capture.config import DataMarkerClass
+from ringtape.capture.control import report_failure
+from ringtape.capture.doorbell import DoorbellListener
+from ringtape.capture.markers import (
     CLOSE_REQUEST,
     CONSUMER_SLEEPING,
     DURABLE_MARKER_SEQ,
@@ -65,18 +72,9 @@ from capture.markers import (
     MarkerViews,
     SidecarArgs,
 )
-from capture.shm import SharedRegion
-from capture.spawn import (
-    EXIT_ATTACH_FAILED,
-    EXIT_OK,
-    describe_failure,
-    ignore_group_signals,
-    read_child_args,
-)
-from storage.frame import STREAM_MARKERS
-from storage.layout import MARKER_LOCK_NAME
-from storage.lock import WriterLock
-from storage.markers import (
+from ringtape.capture.shm import SharedRegion
+from ringtape.storage.format.frame import STREAM_MARKERS
+from ringtape.storage.format.markers import (
     GAP_OVERFLOW,
     MARKER_STREAM,
     REASON_BOUNDARY,
@@ -88,7 +86,9 @@ from storage.markers import (
     encode_stream,
     stream_seed,
 )
-from storage.segment_writer import SegmentWriter
+from ringtape.storage.run.layout import MARKER_LOCK_NAME
+from ringtape.storage.run.lock import WriterLock
+from ringtape.storage.segment.writer import SegmentWriter
 
 MAX_TAKE: Final = 8192
 FOLD_CHUNK: Final = 2048
@@ -615,7 +615,7 @@ def sidecar_main(args: SidecarArgs) -> None:
 
 
 def child_main() -> None:
-    """The spawned interpreter's entry point (``capture.spawn``): arguments come on stdin."""
+    """The spawned interpreter's entry point (``capture/child.py``): arguments come on stdin."""
     args = read_child_args()
     assert isinstance(args, SidecarArgs)
     sidecar_main(args)

@@ -47,16 +47,21 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
-from capture import control
-from capture.config import DataMarkerClass, DataMarkerConfig
-from capture.doorbell import Doorbell, new_address
-from capture.shm import SharedRegion, unlink_name
-from capture.spawn import spawn_child
-from storage.layout import MARKER_LOCK_NAME, list_segments
-from storage.lock import writer_alive
-from storage.markers import GAP_WRITER_CLOSED, MARKER_STREAM, TOPIC_MARKER_LANE_FAILED, gap_body
-from storage.recovery import cut_torn_tail
-from storage.scan import scan_stream
+from ringtape.capture import control
+from ringtape.capture.child import spawn_child
+from ringtape.capture.config import DataMarkerClass, DataMarkerConfig
+from ringtape.capture.doorbell import Doorbell, new_address
+from ringtape.capture.shm import SharedRegion, unlink_name
+from ringtape.storage.check.scan import scan_stream
+from ringtape.storage.format.markers import (
+    GAP_WRITER_CLOSED,
+    MARKER_STREAM,
+    TOPIC_MARKER_LANE_FAILED,
+    gap_body,
+)
+from ringtape.storage.run.layout import MARKER_LOCK_NAME, list_segments
+from ringtape.storage.run.lock import writer_alive
+from ringtape.storage.run.recovery import cut_torn_tail
 
 log = logging.getLogger("ringtape.markers")
 
@@ -179,8 +184,8 @@ class SidecarArgs:
 
 
 def spawn_sidecar(args: SidecarArgs) -> subprocess.Popen[bytes]:
-    """Start the sidecar as a fresh interpreter (``capture.marker_sidecar.child_main``)."""
-    return spawn_child("capture.marker_sidecar", args)
+    """Start the sidecar as a fresh interpreter (``ringtape.capture.marker_sidecar.child_main``)."""
+    return spawn_child("ringtape.capture.marker_sidecar", args)
 
 
 class EntrySeq(Protocol):

@@ -2,10 +2,10 @@
 
 Started by the store (``StoreOptions.retention_interval_s``) or on its own::
 
-    python -m capture.retention_supervisor BASE_DIR INSTANCE_ID --mode '"SnapshotAnchored"'
+    python -m ringtape.capture.retention_supervisor BASE_DIR INSTANCE_ID --mode '"SnapshotAnchored"'
 
-Every interval it plans (``storage.retention.plan_retention``) and reclaims; it never touches a
-running, live-locked or quarantined run. It exits when its parent (the kernel) is gone, or
+Every interval it plans (``storage.run.retention.plan_retention``) and reclaims; it never
+touches a running, live-locked or quarantined run. It exits when its parent (the kernel) is gone, or
 after one pass with ``--once``.
 """
 
@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from capture.config import RetentionMode
-from storage.retention import apply_plan, describe_instance, plan_retention
+from ringtape.capture.config import RetentionMode
+from ringtape.storage.run.retention import apply_plan, describe_instance, plan_retention
 
 log = logging.getLogger("ringtape.retention")
 
@@ -44,7 +44,7 @@ def spawn_supervisor(
         [
             sys.executable,
             "-m",
-            "capture.retention_supervisor",
+            "ringtape.capture.retention_supervisor",
             str(base_dir),
             instance_id,
             "--mode",
@@ -62,7 +62,7 @@ def spawn_supervisor(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m capture.retention_supervisor")
+    parser = argparse.ArgumentParser(prog="python -m ringtape.capture.retention_supervisor")
     parser.add_argument("base_dir", type=Path)
     parser.add_argument("instance_id")
     parser.add_argument("--mode", required=True, help="RetentionMode JSON, e.g. '\"Full\"'")

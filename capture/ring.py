@@ -34,8 +34,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from capture import control
-from storage.entry import ENTRY_HEADER_SIZE
+from ringtape.capture import control
+from ringtape.storage.format.entry import ENTRY_HEADER_SIZE
 
 # Control block words. Producer-written and consumer-written words sit on separate cache lines.
 MAGIC: Final = 0

@@ -29,11 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
-from capture.cache import Cache
-from capture.config import DataMarkerClass, EventStoreConfig, RegisteredComponents
-from capture.config import Environment as Environment
-from capture.doorbell import Doorbell, new_address
-from capture.errors import (
+from ringtape.capture.cache import Cache
+from ringtape.capture.config import (
+    DataMarkerClass,
+    Environment as Environment,
+    EventStoreConfig,
+    RegisteredComponents,
+)
+from ringtape.capture.doorbell import Doorbell, new_address
+from ringtape.capture.errors import (
     DISK_ERRNOS,
     AnchorRefused,
     EntryTooLarge,
@@ -43,10 +47,10 @@ from capture.errors import (
     StoreHalted,
     StoreNotOpen,
 )
-from capture.faults import FaultPlan
-from capture.markers import MarkerLane
-from capture.retention_supervisor import spawn_supervisor
-from capture.ring import (
+from ringtape.capture.faults import FaultPlan
+from ringtape.capture.markers import MarkerLane
+from ringtape.capture.retention_supervisor import spawn_supervisor
+from ringtape.capture.ring import (
     CLOSE_REQUEST,
     CONSUMER_SLEEPING,
     DURABLE_SEQ,
@@ -58,10 +62,9 @@ from capture.ring import (
     RingGeometry,
     RingViews,
 )
-from capture.shm import SharedRegion, remove_orphans, unlink_name
-from capture.writer import WriterArgs, spawn_writer
-from storage.blobs import write_blob
-from storage.entry import (
+from ringtape.capture.shm import SharedRegion, remove_orphans, unlink_name
+from ringtape.capture.writer import WriterArgs, spawn_writer
+from ringtape.storage.format.entry import (
     ENTRY_HEADER,
     ENTRY_HEADER_SIZE,
     MAX_PAYLOAD_LEN,
@@ -72,14 +75,15 @@ from storage.entry import (
     TOPIC_SNAPSHOT_ANCHOR,
     encode_entry,
 )
-from storage.layout import RunPaths, inside, new_run_id
-from storage.lock import WriterLock
-from storage.manifest import Manifest, write_manifest
-from storage.reader import CorruptionError
-from storage.replay import ReplayResult, ReplaySourceError, replay_run
-from storage.segment_writer import DEFAULT_SEGMENT_BYTES
-from storage.status import RunStatus
-from storage.sweep import SweepReport, sweep_instance
+from ringtape.storage.read.reader import CorruptionError
+from ringtape.storage.read.replay import ReplayResult, ReplaySourceError, replay_run
+from ringtape.storage.run.blobs import write_blob
+from ringtape.storage.run.layout import RunPaths, inside, new_run_id
+from ringtape.storage.run.lock import WriterLock
+from ringtape.storage.run.manifest import Manifest, write_manifest
+from ringtape.storage.run.status import RunStatus
+from ringtape.storage.run.sweep import SweepReport, sweep_instance
+from ringtape.storage.segment.writer import DEFAULT_SEGMENT_BYTES
 
 log = logging.getLogger("ringtape.store")
 

@@ -31,10 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from capture.control import report_failure
-from capture.doorbell import DoorbellListener
-from capture.faults import FaultInjector, FaultPlan
-from capture.ring import (
+from ringtape.capture.child import (
+    EXIT_ATTACH_FAILED,
+    EXIT_OK,
+    describe_failure,
+    ignore_group_signals,
+    read_child_args,
+    spawn_child,
+)
+from ringtape.capture.control import report_failure
+from ringtape.capture.doorbell import DoorbellListener
+from ringtape.capture.faults import FaultInjector, FaultPlan
+from ringtape.capture.ring import (
     BYTES_RAW,
     BYTES_STORED,
     CLOSE_REQUEST,
@@ -55,20 +63,12 @@ from capture.ring import (
     RingViews,
     stamp_publish_time,
 )
-from capture.shm import SharedRegion
-from capture.spawn import (
-    EXIT_ATTACH_FAILED,
-    EXIT_OK,
-    describe_failure,
-    ignore_group_signals,
-    read_child_args,
-    spawn_child,
-)
-from capture.wait import BackoffWait
-from storage.frame import STREAM_EVENTS
-from storage.layout import LOCK_NAME
-from storage.lock import WriterLock
-from storage.segment_writer import SegmentWriter
+from ringtape.capture.shm import SharedRegion
+from ringtape.capture.wait import BackoffWait
+from ringtape.storage.format.frame import STREAM_EVENTS
+from ringtape.storage.run.layout import LOCK_NAME
+from ringtape.storage.run.lock import WriterLock
+from ringtape.storage.segment.writer import SegmentWriter
 
 GROUP_BYTES: Final = 16 * 1024 * 1024
 GROUP_ENTRIES: Final = 8192
@@ -265,9 +265,9 @@ def writer_main(args: WriterArgs) -> None:
 
 
 def spawn_writer(args: WriterArgs) -> subprocess.Popen[bytes]:
-    """Start the writer process (see ``capture.spawn``), passing it the locked run lock."""
+    """Start the writer process (see ``ringtape.capture.child``), passing it the locked run lock."""
     fds = (args.lock_fd,) if args.lock_fd >= 0 else ()
-    return spawn_child("capture.writer", args, pass_fds=fds)
+    return spawn_child("ringtape.capture.writer", args, pass_fds=fds)
 
 
 def child_main() -> None:

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from pipeline_support import pid_alive, shm_names
 
-from capture.store import EventStore
-from storage.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, encode_entry
-from storage.frame import STREAM_EVENTS, STREAM_MARKERS
-from storage.layout import RunPaths
-from storage.manifest import Manifest, write_manifest
-from storage.markers import encode_cursor, encode_stream
-from storage.segment_writer import SegmentWriter
-from storage.status import RunStatus
+from ringtape.capture.store import EventStore
+from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, encode_entry
+from ringtape.storage.format.frame import STREAM_EVENTS, STREAM_MARKERS
+from ringtape.storage.format.markers import encode_cursor, encode_stream
+from ringtape.storage.run.layout import RunPaths
+from ringtape.storage.run.manifest import Manifest, write_manifest
+from ringtape.storage.run.status import RunStatus
+from ringtape.storage.segment.writer import SegmentWriter
 
 INSTANCE = "5b0f3c9e-8a51-4c1e-9d7a-2f6b1e0c4d3a"
 

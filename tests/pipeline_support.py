@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from storage.entry import Entry, decode_entry
-from storage.frame import (
+from ringtape.storage.format.entry import Entry, decode_entry
+from ringtape.storage.format.frame import (
     FRAME_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     FormatError,
@@ -24,7 +24,7 @@ from storage.frame import (
     decode_frame_header,
     decode_segment_header,
 )
-from storage.layout import list_segments
+from ringtape.storage.run.layout import list_segments
 
 
 def walk_entries(run_dir: Path, stream: str = "events") -> Iterator[Entry]:

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from tools.bench import BASELINE_NAMES, SECTIONS, format_table
+from ringtape.tools.bench.run import BASELINE_NAMES, SECTIONS, format_table
 
 # One quick bench run takes ~8 s on a quiet 2-core machine and more on a busy one.
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_BENCH = "import sys; from tools.bench import main; sys.exit(main())"
+RUN_BENCH = "import sys; from ringtape.tools.bench.run import main; sys.exit(main())"
 
 
 def _shm_names(pid: int) -> set[str]:

@@ -12,10 +12,14 @@ import pytest
 from conftest import INSTANCE, make_run
 from test_cli_support import flip_byte, frames, ringtape, verify_json
 
-from storage.findings import KINDS
-from storage.frame import SEGMENT_HEADER_SIZE, encode_frame_header, encode_segment_header
-from storage.lock import WriterLock
-from storage.status import RunStatus
+from ringtape.storage.check.findings import KINDS
+from ringtape.storage.format.frame import (
+    SEGMENT_HEADER_SIZE,
+    encode_frame_header,
+    encode_segment_header,
+)
+from ringtape.storage.run.lock import WriterLock
+from ringtape.storage.run.status import RunStatus
 
 FINDING_KEYS = {"kind", "path", "offset", "seq_from", "seq_to", "detail"}
 RUN_KEYS = {"run_id", "path", "status", "entries", "first_seq", "last_seq", "verdict"}

@@ -12,10 +12,10 @@ import pytest
 from conftest import INSTANCE, TS0, make_run, write_stream
 from test_cli_support import command, flip_byte, frames, ringtape
 
-from storage.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, encode_entry
-from storage.layout import RunPaths
-from storage.manifest import Manifest, write_manifest
-from storage.status import RunStatus
+from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, encode_entry
+from ringtape.storage.run.layout import RunPaths
+from ringtape.storage.run.manifest import Manifest, write_manifest
+from ringtape.storage.run.status import RunStatus
 
 N = 3000
 TOPICS = ("events.order.submitted", "events.order.filled", "data.quotes.BTC", "data.blob")

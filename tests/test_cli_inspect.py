@@ -9,9 +9,9 @@ from pathlib import Path
 from conftest import INSTANCE, make_run
 from test_cli_support import frames, ringtape
 
-from storage.lock import WriterLock
-from storage.manifest import read_manifest, write_manifest
-from storage.status import RunStatus
+from ringtape.storage.run.lock import WriterLock
+from ringtape.storage.run.manifest import read_manifest, write_manifest
+from ringtape.storage.run.status import RunStatus
 
 
 def inspect_json(path: Path) -> list[dict[str, object]]:

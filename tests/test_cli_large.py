@@ -1,6 +1,6 @@
 """``ringtape verify`` of a large run under bounded memory (peak RSS measured with psutil).
 
-The run is written with ``storage.segment_writer.SegmentWriter`` directly (the format the
+The run is written with ``ringtape.storage.segment.writer.SegmentWriter`` directly (the format the
 writer process produces, without the live pipeline's time): a pool of encoded trading-session
 entries is cycled through, each frame's seq and timestamps patched in, so frames compress like
 real ones. :func:`make_large_run` is also what the throughput figures in the notes were
@@ -21,13 +21,13 @@ import psutil
 import pytest
 from test_cli_support import command
 
-from storage.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, encode_entry
-from storage.frame import STREAM_EVENTS
-from storage.layout import RunPaths
-from storage.manifest import Manifest, write_manifest
-from storage.segment_writer import SegmentWriter
-from storage.status import RunStatus
-from tools.session import BusMessage, TradingSession
+from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, encode_entry
+from ringtape.storage.format.frame import STREAM_EVENTS
+from ringtape.storage.run.layout import RunPaths
+from ringtape.storage.run.manifest import Manifest, write_manifest
+from ringtape.storage.run.status import RunStatus
+from ringtape.storage.segment.writer import SegmentWriter
+from ringtape.tools.demo.session import BusMessage, TradingSession
 
 INSTANCE = "7c9a4e21-3b5d-4f60-8a1e-2d3c4b5a6f70"
 START_TS = 1_700_000_000_000_000_000

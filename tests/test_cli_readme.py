@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage.findings import KINDS
-from tools.cli_verify import kinds_markdown
+from ringtape.storage.check.findings import KINDS
+from ringtape.tools.commands.verify import kinds_markdown
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -23,7 +23,8 @@ def test_every_finding_kind_is_in_the_readme() -> None:
 
 
 def test_the_kinds_table_matches_the_code() -> None:
-    # Regenerate with: python -c "from tools.cli_verify import kinds_markdown as k; print(k())"
+    # Regenerate with:
+    # python -c "from ringtape.tools.commands.verify import kinds_markdown as k; print(k())"
     assert kinds_markdown() in usage_section()
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from storage.frame import SEGMENT_HEADER_SIZE, decode_frame_header
+from ringtape.storage.format.frame import SEGMENT_HEADER_SIZE, decode_frame_header
 
 ROOT = Path(__file__).resolve().parent.parent
 _SCRIPT = Path(sys.executable).parent / "ringtape"
@@ -18,7 +18,7 @@ _SCRIPT = Path(sys.executable).parent / "ringtape"
 
 def command(*args: str | Path) -> list[str]:
     """The argv of ``ringtape ARGS`` (the installed console script when there is one)."""
-    head = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tools.cli"]
+    head = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "ringtape.tools.cli"]
     return [*head, *(str(a) for a in args)]
 
 

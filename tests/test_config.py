@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from capture.config import (
+from ringtape.capture.config import (
     DEFAULT_DATA_MARKER_CHANNEL_CAPACITY,
     DEFAULT_DATA_MARKER_SAFETY_FLUSH_INTERVAL,
     DataMarkerClass,

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from pipeline_support import wait_until, walk_entries
 
-from capture.config import EventStoreConfig
-from capture.store import EventStore
-from storage.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED
-from storage.lock import writer_alive
-from storage.manifest import read_manifest
-from storage.status import RunStatus
-from storage.verify import verify_path
+from ringtape.capture.config import EventStoreConfig
+from ringtape.capture.store import EventStore
+from ringtape.storage.check.verify import verify_path
+from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED
+from ringtape.storage.run.lock import writer_alive
+from ringtape.storage.run.manifest import read_manifest
+from ringtape.storage.run.status import RunStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # (or is killed) at the point the test names.
 KERNEL = r"""
 import json, os, signal, sys, time, uuid
-from capture.config import EventStoreConfig, RegisteredComponents
-from capture.faults import FaultPlan
-from capture.store import EventStore, StoreOptions
-from capture.errors import StoreHalted
+from ringtape.capture.config import EventStoreConfig, RegisteredComponents
+from ringtape.capture.faults import FaultPlan
+from ringtape.capture.store import EventStore, StoreOptions
+from ringtape.capture.errors import StoreHalted
 
 base, instance, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 plan = FaultPlan(**spec.get("faults", {}))

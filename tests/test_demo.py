@@ -12,8 +12,8 @@ import pytest
 from pipeline_support import shm_names
 from test_cli_support import command, ringtape
 
-from storage.layout import list_instances, list_runs
-from tools.demo import DEMO_INSTANCE
+from ringtape.storage.run.layout import list_instances, list_runs
+from ringtape.tools.demo.run import DEMO_INSTANCE
 
 
 def run_demo(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:

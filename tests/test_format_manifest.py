@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from conftest import INSTANCE
 
-from storage.manifest import (
+from ringtape.storage.run.manifest import (
     MAX_MANIFEST_BYTES,
     Manifest,
     ManifestError,
     read_manifest,
     write_manifest,
 )
-from storage.status import RunStatus
+from ringtape.storage.run.status import RunStatus
 
 RUN_ID = "1700000000000000001-abcdef01"
 

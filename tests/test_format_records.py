@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from storage.entry import (
+from ringtape.storage.format.entry import (
     ENTRY_HEADER_SIZE,
     bad_record_runs,
     check_records,

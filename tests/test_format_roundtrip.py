@@ -7,14 +7,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from storage.entry import Entry, encode_entry
-from storage.frame import STREAM_EVENTS
-from storage.reader import iter_entries
-from storage.scan import scan_stream
-from storage.segment_writer import SegmentWriter
+from ringtape.storage.check.scan import scan_stream
+from ringtape.storage.format.entry import Entry, encode_entry
+from ringtape.storage.format.frame import STREAM_EVENTS
+from ringtape.storage.read.reader import iter_entries
+from ringtape.storage.segment.writer import SegmentWriter
 
 RUN_ID = "1700000000000000001-c0ffee00"
 

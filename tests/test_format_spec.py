@@ -13,10 +13,10 @@ import xxhash
 import zstandard
 from conftest import make_run
 
-import storage
-from storage.entry import encode_entry
-from storage.findings import KINDS
-from storage.frame import (
+import ringtape.storage
+from ringtape.storage.check.findings import KINDS
+from ringtape.storage.format.entry import encode_entry
+from ringtape.storage.format.frame import (
     CODEC_NONE,
     STREAM_EVENTS,
     FrameEncoder,
@@ -25,9 +25,9 @@ from storage.frame import (
     encode_frame_header,
     encode_segment_header,
 )
-from storage.reader import iter_entries
+from ringtape.storage.read.reader import iter_entries
 
-SPEC = Path(storage.__file__).parent / "FORMAT.md"
+SPEC = Path(ringtape.storage.__file__).parent / "FORMAT.md"
 RUN_ID = "1700000000000000001-0badf00d"
 TS = 1_700_000_000_000_000_000
 

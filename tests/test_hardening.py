@@ -10,24 +10,24 @@ from pathlib import Path
 
 from conftest import make_run
 
-from capture.config import (
+from ringtape.capture.config import (
     DataMarkerConfig,
     EventStoreConfig,
     RegisteredComponents,
     RetentionMode,
 )
-from capture.store import EventStore, StoreOptions
-from storage.layout import BLOB_DIR, MANIFEST_NAME, RunPaths
-from storage.manifest import read_manifest
-from storage.retention import apply_plan, describe_instance, plan_retention
-from storage.verify import verify_path
+from ringtape.capture.store import EventStore, StoreOptions
+from ringtape.storage.check.verify import verify_path
+from ringtape.storage.run.layout import BLOB_DIR, MANIFEST_NAME, RunPaths
+from ringtape.storage.run.manifest import read_manifest
+from ringtape.storage.run.retention import apply_plan, describe_instance, plan_retention
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def ringtape(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tools.cli", *args],
+        [sys.executable, "-m", "ringtape.tools.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -153,7 +153,7 @@ def test_files_in_blobs_that_ringtape_did_not_write_are_findings(tmp_path: Path)
 
 
 def test_swapped_frames_are_called_a_reorder_not_a_loss(tmp_path: Path) -> None:
-    from storage.scan import scan_segment
+    from ringtape.storage.check.scan import scan_segment
 
     run = make_run(tmp_path, 40)
     seg = run / "events-000000.seg"

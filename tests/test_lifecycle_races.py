@@ -23,18 +23,18 @@ from pathlib import Path
 import pytest
 from pipeline_support import pid_alive, shm_names, wait_until, walk_entries
 
-from capture.cache import ReferenceCache
-from capture.config import DataMarkerConfig, EventStoreConfig, RegisteredComponents
-from capture.errors import HaltReason, StoreHalted
-from capture.ring import WRITER_HEARTBEAT_NS, RingConsumer, RingGeometry, RingViews
-from capture.shm import SharedRegion, unlink_name
-from capture.store import EventStore, StoreOptions
-from storage.entry import TOPIC_RUN_STARTED, encode_entry
-from storage.layout import LOCK_NAME, list_runs
-from storage.manifest import read_manifest
-from storage.status import RunStatus
-from storage.sweep import sweep_instance
-from storage.verify import verify_path
+from ringtape.capture.cache import ReferenceCache
+from ringtape.capture.config import DataMarkerConfig, EventStoreConfig, RegisteredComponents
+from ringtape.capture.errors import HaltReason, StoreHalted
+from ringtape.capture.ring import WRITER_HEARTBEAT_NS, RingConsumer, RingGeometry, RingViews
+from ringtape.capture.shm import SharedRegion, unlink_name
+from ringtape.capture.store import EventStore, StoreOptions
+from ringtape.storage.check.verify import verify_path
+from ringtape.storage.format.entry import TOPIC_RUN_STARTED, encode_entry
+from ringtape.storage.run.layout import LOCK_NAME, list_runs
+from ringtape.storage.run.manifest import read_manifest
+from ringtape.storage.run.status import RunStatus
+from ringtape.storage.run.sweep import sweep_instance
 
 COMPONENTS = RegisteredComponents(strategies={"EMACross-001": "ab12"}, subscriptions=["quotes"])
 REPO = Path(__file__).resolve().parent.parent
@@ -403,8 +403,8 @@ def test_a_lock_probe_does_not_make_the_writer_fail(
 KERNEL_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from capture.config import DataMarkerConfig, EventStoreConfig, RegisteredComponents
-    from capture.store import EventStore
+    from ringtape.capture.config import DataMarkerConfig, EventStoreConfig, RegisteredComponents
+    from ringtape.capture.store import EventStore
     store = EventStore(EventStoreConfig(base_dir=sys.argv[1]), instance_id=sys.argv[2])
     store.open(sys.argv[2], RegisteredComponents(), "live")
     for i in range(100):

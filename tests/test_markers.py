@@ -9,17 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import event, given, settings
-from hypothesis import strategies as st
+from hypothesis import event, given, settings, strategies as st
 
-from capture.config import DataMarkerClass, DataMarkerConfig
-from capture.marker_sidecar import MarkerFolder, MarkerRingReader
-from capture.markers import MarkerGeometry, MarkerLane, MarkerViews
-from capture.shm import SharedRegion, unlink_name
-from storage.entry import Entry, decode_entry
-from storage.findings import Kind
-from storage.layout import RunPaths
-from storage.markers import (
+from ringtape.capture.config import DataMarkerClass, DataMarkerConfig
+from ringtape.capture.marker_sidecar import MarkerFolder, MarkerRingReader
+from ringtape.capture.markers import MarkerGeometry, MarkerLane, MarkerViews
+from ringtape.capture.shm import SharedRegion, unlink_name
+from ringtape.storage.check.findings import Kind
+from ringtape.storage.format.entry import Entry, decode_entry
+from ringtape.storage.format.markers import (
     CURSOR_HEAD,
     GAP_OVERFLOW,
     PAYLOAD_BIN,
@@ -48,6 +46,7 @@ from storage.markers import (
     fold_to,
     iter_marker_records,
 )
+from ringtape.storage.run.layout import RunPaths
 
 CLASSES = DataMarkerClass.all()
 INSTRUMENTS = ["ETH.SIM", "BTC.SIM", "A-VERY-LONG-INSTRUMENT-ID-OVER-32-BYTES.VENUE", "X"]

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from pipeline_support import (
     pid_alive,
     shm_names,
@@ -24,14 +23,17 @@ from pipeline_support import (
     walk_entries,
 )
 
-from capture.config import DataMarkerClass, DataMarkerConfig, EventStoreConfig
-from capture.config import RegisteredComponents as Components
-from capture.markers import MarkerLane
-from capture.store import EventStore
-from storage.entry import TOPIC_RUN_ENDED
-from storage.layout import list_segments
-from storage.manifest import read_manifest
-from storage.markers import (
+from ringtape.capture.config import (
+    DataMarkerClass,
+    DataMarkerConfig,
+    EventStoreConfig,
+    RegisteredComponents as Components,
+)
+from ringtape.capture.markers import MarkerLane
+from ringtape.capture.store import EventStore
+from ringtape.storage.check.verify import verify_path
+from ringtape.storage.format.entry import TOPIC_RUN_ENDED
+from ringtape.storage.format.markers import (
     GAP_OVERFLOW,
     GAP_WRITER_CLOSED,
     REASON_SAFETY_FLUSH,
@@ -47,9 +49,10 @@ from storage.markers import (
     fold_to,
     iter_markers,
 )
-from storage.recovery import recover_run
-from storage.status import RunStatus
-from storage.verify import verify_path
+from ringtape.storage.run.layout import list_segments
+from ringtape.storage.run.manifest import read_manifest
+from ringtape.storage.run.recovery import recover_run
+from ringtape.storage.run.status import RunStatus
 
 CLASSES = DataMarkerClass.all()
 Q = DataMarkerClass.Quote
@@ -356,8 +359,8 @@ KERNEL_SCRIPT = textwrap.dedent(
     """
     import sys, uuid, time
     from datetime import timedelta
-    from capture.config import DataMarkerConfig, EventStoreConfig, RegisteredComponents
-    from capture.store import EventStore
+    from ringtape.capture.config import DataMarkerConfig, EventStoreConfig, RegisteredComponents
+    from ringtape.capture.store import EventStore
     markers = DataMarkerConfig(safety_flush_interval=timedelta(seconds=60))
     store = EventStore(EventStoreConfig(base_dir=sys.argv[1], data_markers=markers))
     store.open(uuid.uuid4(), RegisteredComponents(), "live")

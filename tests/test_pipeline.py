@@ -13,8 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from pipeline_support import (
     pid_alive,
     shm_names,
@@ -23,14 +22,20 @@ from pipeline_support import (
     walk_entries,
 )
 
-from capture.config import EventStoreConfig, RegisteredComponents
-from capture.errors import EntryTooLarge, HaltReason, RunStartedTimeout, StoreHalted, StoreNotOpen
-from capture.faults import FaultPlan
-from capture.store import EventStore, StoreOptions
-from storage.blobs import Anchor, read_blob
-from storage.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, TOPIC_SNAPSHOT_ANCHOR
-from storage.manifest import read_manifest
-from storage.status import RunStatus
+from ringtape.capture.config import EventStoreConfig, RegisteredComponents
+from ringtape.capture.errors import (
+    EntryTooLarge,
+    HaltReason,
+    RunStartedTimeout,
+    StoreHalted,
+    StoreNotOpen,
+)
+from ringtape.capture.faults import FaultPlan
+from ringtape.capture.store import EventStore, StoreOptions
+from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, TOPIC_SNAPSHOT_ANCHOR
+from ringtape.storage.run.blobs import Anchor, read_blob
+from ringtape.storage.run.manifest import read_manifest
+from ringtape.storage.run.status import RunStatus
 
 COMPONENTS = RegisteredComponents(strategies={"EMACross-001": "ab12"}, subscriptions=["quotes"])
 
@@ -119,8 +124,8 @@ def test_writer_sigkill_halts_and_keeps_durable_entries(
 KERNEL_SCRIPT = textwrap.dedent(
     """
     import sys, uuid, time
-    from capture.config import EventStoreConfig, RegisteredComponents
-    from capture.store import EventStore
+    from ringtape.capture.config import EventStoreConfig, RegisteredComponents
+    from ringtape.capture.store import EventStore
     store = EventStore(EventStoreConfig(base_dir=sys.argv[1]))
     store.open(uuid.uuid4(), RegisteredComponents(), "live")
     for i in range(5000):
@@ -208,7 +213,7 @@ def test_run_started_timeout_leaves_nothing_running(
         store.open(uuid.uuid4(), COMPONENTS, "live")
     assert store.writer_pid() is None and store.run_id() is None
     children = psutil.Process().children(recursive=True)
-    assert not [c for c in children if "capture.writer" in " ".join(c.cmdline())]
+    assert not [c for c in children if "ringtape.capture.writer" in " ".join(c.cmdline())]
 
 
 def test_seal_is_idempotent_and_open_reopens(tmp_path: Path, stores: list[EventStore]) -> None:

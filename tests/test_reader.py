@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import make_run
 
-from storage.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED
-from storage.findings import Kind
-from storage.reader import CorruptionError, iter_entries, iter_frames
-from storage.scan import scan_segment
-from storage.status import RunStatus
+from ringtape.storage.check.findings import Kind
+from ringtape.storage.check.scan import scan_segment
+from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED
+from ringtape.storage.read.reader import CorruptionError, iter_entries, iter_frames
+from ringtape.storage.run.status import RunStatus
 
 
 def test_reads_every_entry_in_order(tmp_path: Path) -> None:

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from conftest import make_run, records
 
-from storage.findings import Kind
-from storage.frame import STREAM_EVENTS
-from storage.lock import LockHeldError, WriterLock
-from storage.manifest import read_manifest
-from storage.reader import iter_entries
-from storage.recovery import (
+from ringtape.storage.check.findings import Kind
+from ringtape.storage.check.scan import scan_segment
+from ringtape.storage.check.verify import verify_path
+from ringtape.storage.format.frame import STREAM_EVENTS
+from ringtape.storage.read.reader import iter_entries
+from ringtape.storage.run.lock import LockHeldError, WriterLock
+from ringtape.storage.run.manifest import read_manifest
+from ringtape.storage.run.recovery import (
     VERDICTS,
     Outcome,
     RecoveryError,
@@ -23,10 +25,8 @@ from storage.recovery import (
     recover_run,
     scan_run,
 )
-from storage.scan import scan_segment
-from storage.segment_writer import SegmentWriter
-from storage.status import RunStatus
-from storage.verify import verify_path
+from ringtape.storage.run.status import RunStatus
+from ringtape.storage.segment.writer import SegmentWriter
 
 RUNNING = RunStatus.RUNNING
 

@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from pipeline_support import wait_until
 
-from capture.cache import ReferenceCache
-from capture.config import EventStoreConfig, RegisteredComponents
-from capture.errors import ReplayError
-from capture.store import EventStore
-from storage.entry import Entry
-from storage.layout import list_segments
-from storage.lock import writer_alive
-from storage.manifest import read_manifest
-from storage.status import RunStatus
-from storage.verify import verify_path
-from tools.session import BusMessage, TradingSession
+from ringtape.capture.cache import ReferenceCache
+from ringtape.capture.config import EventStoreConfig, RegisteredComponents
+from ringtape.capture.errors import ReplayError
+from ringtape.capture.store import EventStore
+from ringtape.storage.check.verify import verify_path
+from ringtape.storage.format.entry import Entry
+from ringtape.storage.run.layout import list_segments
+from ringtape.storage.run.lock import writer_alive
+from ringtape.storage.run.manifest import read_manifest
+from ringtape.storage.run.status import RunStatus
+from ringtape.tools.demo.session import BusMessage, TradingSession
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,7 +106,7 @@ def test_quarantined_or_missing_source_is_rejected(tmp_path: Path) -> None:
     manifest_dir = tmp_path / str(instance) / run_id
     manifest = read_manifest(manifest_dir)
     manifest.status = RunStatus.QUARANTINED
-    from storage.manifest import write_manifest
+    from ringtape.storage.run.manifest import write_manifest
 
     write_manifest(manifest_dir, manifest)
     for source, message in ((run_id, "quarantined"), ("123-deadbeef", "manifest")):
@@ -155,7 +155,7 @@ def test_flipped_byte_in_crashed_run_quarantines_it(tmp_path: Path) -> None:
     run_dir = tmp_path / str(instance) / run_id
     manifest = read_manifest(run_dir)
     manifest.status = RunStatus.RUNNING  # as if the kernel had died before sealing
-    from storage.manifest import write_manifest
+    from ringtape.storage.run.manifest import write_manifest
 
     write_manifest(run_dir, manifest)
     segment = list_segments(run_dir, "events")[0]
@@ -176,11 +176,11 @@ def test_flipped_byte_in_crashed_run_quarantines_it(tmp_path: Path) -> None:
 
 KERNEL = r"""
 import sys, uuid
-from capture.cache import ReferenceCache
-from capture.config import EventStoreConfig, RegisteredComponents
-from capture.store import EventStore
-from storage.entry import Entry
-from tools.session import BusMessage, TradingSession
+from ringtape.capture.cache import ReferenceCache
+from ringtape.capture.config import EventStoreConfig, RegisteredComponents
+from ringtape.capture.store import EventStore
+from ringtape.storage.format.entry import Entry
+from ringtape.tools.demo.session import BusMessage, TradingSession
 base, instance = sys.argv[1], uuid.UUID(sys.argv[2])
 store = EventStore(EventStoreConfig(base_dir=base), instance_id=instance)
 store.open(instance, RegisteredComponents(), "backtest")

@@ -9,23 +9,22 @@ import uuid
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from pipeline_support import wait_until, walk_entries
 
-from capture.config import EventStoreConfig, RegisteredComponents, RetentionMode
-from capture.store import EventStore, StoreOptions
-from storage.blobs import Anchor
-from storage.layout import TRASH_DIR
-from storage.manifest import read_manifest, write_manifest
-from storage.retention import (
+from ringtape.capture.config import EventStoreConfig, RegisteredComponents, RetentionMode
+from ringtape.capture.store import EventStore, StoreOptions
+from ringtape.storage.run.blobs import Anchor
+from ringtape.storage.run.layout import TRASH_DIR
+from ringtape.storage.run.manifest import read_manifest, write_manifest
+from ringtape.storage.run.retention import (
     RunInfo,
     SegmentInfo,
     apply_plan,
     describe_instance,
     plan_retention,
 )
-from storage.status import RunStatus
+from ringtape.storage.run.status import RunStatus
 
 STATUSES = [RunStatus.ENDED, RunStatus.CRASHED_RECOVERED, RunStatus.QUARANTINED, RunStatus.RUNNING]
 
@@ -186,8 +185,8 @@ def test_snapshot_anchored_prunes_segments_before_the_anchor(tmp_path: Path) -> 
 
 PRUNE_RACE_KERNEL = """
 import sys, uuid, time
-from capture.config import EventStoreConfig, RegisteredComponents
-from capture.store import EventStore, StoreOptions
+from ringtape.capture.config import EventStoreConfig, RegisteredComponents
+from ringtape.capture.store import EventStore, StoreOptions
 store = EventStore(EventStoreConfig(base_dir=sys.argv[1]))
 store.open(uuid.UUID(sys.argv[2]), RegisteredComponents(), "live")
 print(store.run_dir(), flush=True)
@@ -234,7 +233,7 @@ def test_supervisor_process_applies_the_mode(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "capture.retention_supervisor",
+            "ringtape.capture.retention_supervisor",
             str(tmp_path),
             str(instance),
             "--mode",

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from conftest import INSTANCE, make_run, records, write_stream
 
-from storage.entry import TOPIC_SNAPSHOT_ANCHOR, encode_entry
-from storage.findings import Kind
-from storage.frame import (
+from ringtape.storage.check.findings import Kind
+from ringtape.storage.check.scan import SegmentScan, scan_segment, scan_stream
+from ringtape.storage.format.entry import TOPIC_SNAPSHOT_ANCHOR, encode_entry
+from ringtape.storage.format.frame import (
     CODEC_NONE,
     CODEC_ZSTD,
     FRAME_HEADER_SIZE,
@@ -25,8 +26,7 @@ from storage.frame import (
     encode_frame_header,
     encode_segment_header,
 )
-from storage.scan import SegmentScan, scan_segment, scan_stream
-from storage.status import RunStatus
+from ringtape.storage.run.status import RunStatus
 
 RUN_ID = "1700000000000000001-0badf00d"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from conftest import INSTANCE, make_run, write_stream
 
-from storage.entry import encode_entry
-from storage.findings import Kind
-from storage.lock import WriterLock
-from storage.manifest import read_manifest, write_manifest
-from storage.status import RunStatus
-from storage.verify import RUN_CHECKERS, RunContext, verify_path
+from ringtape.storage.check.findings import Kind
+from ringtape.storage.check.verify import RUN_CHECKERS, RunContext, verify_path
+from ringtape.storage.format.entry import encode_entry
+from ringtape.storage.run.lock import WriterLock
+from ringtape.storage.run.manifest import read_manifest, write_manifest
+from ringtape.storage.run.status import RunStatus
 
 FINDING_KEYS = {"kind", "path", "offset", "seq_from", "seq_to", "detail"}
 

@@ -1,42 +1,23 @@
 """``ringtape``: the command line (verify, inspect, dump, recover, prune, demo, bench).
 
-Each subcommand lives in its own module (``tools/cli_<name>.py``) exposing ``HELP``,
-``DESCRIPTION``, ``EPILOG``, ``add_arguments(parser)`` and ``run(args) -> int``; this module
-only builds the parser from :data:`COMMANDS` and turns expected failures into one line on
-stderr (see ``tools/cli_common.py`` for the exit statuses).
+The grammar (each subcommand's help, examples and arguments) is ``tools/arguments.py``; the work
+of subcommand ``NAME`` is ``tools/commands/NAME.py``, which exposes ``run(args) -> int`` and is
+imported only when that subcommand runs. This module builds the parser and turns expected
+failures into one line on stderr (exit statuses: ``tools/arguments.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from types import ModuleType
 from typing import Final
 
-from storage.manifest import ManifestError
-from storage.reader import CorruptionError
-from tools import (
-    bench,
-    cli_demo,
-    cli_dump,
-    cli_inspect,
-    cli_prune,
-    cli_recover,
-    cli_verify,
-)
-from tools.cli_common import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, CliError
-
-COMMANDS: Final[dict[str, ModuleType]] = {
-    "verify": cli_verify,
-    "inspect": cli_inspect,
-    "dump": cli_dump,
-    "recover": cli_recover,
-    "prune": cli_prune,
-    "demo": cli_demo,
-}
+import ringtape
+from ringtape.tools.arguments import COMMANDS, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 
 DESCRIPTION: Final = """\
 ringtape records what a trading kernel does, durably, and proves later that the record is
@@ -61,39 +42,34 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_ERROR)
 
 
-def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
-    parser = sub.add_parser(
-        "bench",
-        help="ringtape against multiprocessing.Queue and faster-fifo, JSON out",
-        description=(bench.__doc__ or "").split("\n\n")[0],
-        epilog="examples:\n  ringtape bench --quick\n  ringtape bench --out bench.json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench.add_bench_arguments(parser)
-    parser.set_defaults(handler=bench.bench_main)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The ``ringtape`` parser with every subcommand."""
+    """The ``ringtape`` parser with every subcommand (no subcommand's work is imported)."""
     parser = _Parser(
         prog="ringtape",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ringtape {ringtape.__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
-    for name, module in COMMANDS.items():
+    for name, command in COMMANDS.items():
         p = sub.add_parser(
             name,
-            help=module.HELP,
-            description=module.DESCRIPTION,
-            epilog=module.EPILOG,
+            help=command.help,
+            description=command.description,
+            epilog=command.epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        module.add_arguments(p)
-        p.set_defaults(handler=module.run)
-    _add_bench(sub)  # its options and its run function are tools/bench.py's
+        command.arguments(p)
+        p.set_defaults(command=name)
     return parser
+
+
+def load_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The ``run`` function of subcommand ``name`` (imports its module)."""
+    module = importlib.import_module(f"ringtape.tools.commands.{name}")
+    run: Callable[[argparse.Namespace], int] = module.run
+    return run
 
 
 def _quiet_stdout() -> None:
@@ -104,7 +80,13 @@ def _quiet_stdout() -> None:
     os.close(devnull)
 
 
-def _dispatch(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+def _dispatch(name: str, args: argparse.Namespace) -> int:
+    run = load_command(name)
+    # Imported with the command (every command reads runs); named here for the except clauses.
+    from ringtape.storage.read.reader import CorruptionError
+    from ringtape.storage.run.manifest import ManifestError
+    from ringtape.tools.common import CliError
+
     try:
         code = run(args)
         sys.stdout.flush()
@@ -140,13 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     try:
         args = parser.parse_args(args_list)
-    except SystemExit as exc:  # --help (0) or a usage error (2)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
-    handler = getattr(args, "handler", None)
-    if handler is None:
+    name = getattr(args, "command", None)
+    if name is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
-    return _dispatch(handler, args)
+    return _dispatch(name, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""What is wrong with a run: findings, scans of segments and streams, verification."""

@@ -1,0 +1,1 @@
+"""Byte layouts: entry records, frames and segment headers, marker records; pure functions."""

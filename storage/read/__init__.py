@@ -1,0 +1,1 @@
+"""Reading runs back: entries in seq order, replay into a cache."""

@@ -1,0 +1,1 @@
+"""A run directory: layout, manifest, locks, status and verdicts, recovery, retention, blobs."""

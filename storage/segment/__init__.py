@@ -1,0 +1,1 @@
+"""Segment files: bounded reading, the frame walk and its torn-tail rules, appending."""

@@ -1,0 +1,1 @@
+"""``ringtape bench``: the pipeline against its baselines and the floor, in one run."""

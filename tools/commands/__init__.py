@@ -1,0 +1,1 @@
+"""The ``ringtape`` subcommands, one module each (argument spec light, work imported late)."""

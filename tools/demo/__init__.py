@@ -1,0 +1,1 @@
+"""``ringtape demo``: a simulated trading session through the whole pipeline."""
