@@ -1,23 +1,37 @@
-"""Starting ringtape's child processes (writer, marker sidecar) as fresh interpreters.
+"""Starting ringtape's child processes (the writer, the marker sidecar, the retention supervisor).
 
-Like multiprocessing's ``spawn`` this never forks a multi-threaded kernel; unlike it, it does
-not re-import the kernel's ``__main__`` in the child, so a trader's script needs no
-``if __name__ == "__main__"`` guard. The child runs ``<module>.child_main()``, which reads its
-arguments pickled from stdin. (``-c`` rather than ``-m``: the package imports these modules,
-and ``-m`` would run one twice.)
+A child is a fresh interpreter, never a fork of a multi-threaded kernel. Unlike
+multiprocessing's ``spawn`` it does not re-import the kernel's ``__main__``, so a trader's
+script needs no ``if __name__ == "__main__"`` guard, and it is isolated from the caller's path:
+
+- ``python -P`` puts neither the working directory nor a script directory on ``sys.path``, so a
+  trader's own ``storage/`` or ``ringtape/`` folder beside the kernel cannot shadow anything;
+- the bootstrap loads the ``ringtape`` package from the very directory the kernel loaded it
+  from (an installed copy, an editable checkout, a ``PYTHONPATH`` entry: whatever it was), and
+  the rest of the interpreter's path (site-packages, ``PYTHONPATH``) is the caller's own, so
+  numpy and friends are found where the kernel found them.
+
+The child then reads ``(module, function, args)`` pickled from stdin and calls
+``module.function(args)``. Ring children (writer, sidecar) run :func:`serve`: attach the ring,
+set up, announce ``RUNNING``, run the loop, and report any failure in the control block.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn, Protocol, TypeVar
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
+import ringtape
+from ringtape.capture import control
+from ringtape.capture.shm import SharedRegion
 
 # Exit statuses of a child process.
 EXIT_OK: Final = 0
@@ -25,24 +39,54 @@ EXIT_ATTACH_FAILED: Final = 2
 EXIT_DISK_ERROR: Final = 3
 EXIT_INTERNAL_ERROR: Final = 4
 
+_PACKAGE_DIR: Final = str(Path(ringtape.__file__).resolve().parent)
+_BOOTSTRAP: Final = """\
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location(
+    "ringtape", {init!r}, submodule_search_locations=[{root!r}])
+package = importlib.util.module_from_spec(spec)
+sys.modules["ringtape"] = package
+spec.loader.exec_module(package)
+from ringtape.capture.child import child_main
+child_main()
+"""
+
+
+@dataclass(frozen=True)
+class ChildArgs:
+    """What every ring child needs to find its ring, its kernel and its run (plain values, so
+    it pickles). The writer's and the sidecar's arguments extend it."""
+
+    shm_name: str
+    capacity: int
+    run_dir: str
+    run_id: str
+    doorbell: bytes
+    parent_pid: int
+    segment_max_bytes: int
+    compression_level: int
+
+
+def bootstrap_command() -> list[str]:
+    """The interpreter command line of a child (see the module docstring)."""
+    code = _BOOTSTRAP.format(init=os.path.join(_PACKAGE_DIR, "__init__.py"), root=_PACKAGE_DIR)
+    return [sys.executable, "-P", "-c", code]
+
 
 def spawn_child(
-    module: str, args: object, *, pass_fds: tuple[int, ...] = ()
+    module: str, function: str, args: object, *, pass_fds: tuple[int, ...] = ()
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -c "from <module> import child_main; child_main()"`` with ``args``."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH", "")) if p)
+    """Start a child that runs ``module.function(args)``."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"from {module} import child_main; child_main()"],
+        bootstrap_command(),
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
-        env=env,
         close_fds=True,
         pass_fds=pass_fds,
     )
     assert proc.stdin is not None
     try:
-        proc.stdin.write(pickle.dumps(args))
+        proc.stdin.write(pickle.dumps((module, function, args)))
         proc.stdin.close()
     except BaseException:
         proc.kill()
@@ -51,9 +95,58 @@ def spawn_child(
     return proc
 
 
-def read_child_args() -> object:
-    """In the child: the arguments its parent pickled onto stdin."""
-    return pickle.load(sys.stdin.buffer)
+def child_main() -> None:
+    """In the child: read what to run from stdin and run it."""
+    module, function, args = pickle.load(sys.stdin.buffer)
+    getattr(importlib.import_module(module), function)(args)
+
+
+class ChildLoop(Protocol):
+    def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Views(Protocol):
+    @property
+    def control(self) -> control.ControlBlock: ...
+
+    def release(self) -> None: ...
+
+
+V = TypeVar("V", bound=Views)
+
+
+def serve(
+    name: str, args: ChildArgs, views_of: Callable[[memoryview], V], setup: Callable[[V], ChildLoop]
+) -> NoReturn:
+    """A ring child's whole life: attach the ring ``args.shm_name`` (unlinking its name, so it
+    cannot outlive the processes that map it), build its views, ``setup`` the loop (locks,
+    doorbell, segment files), ignore group signals, announce ``RUNNING``, run the loop, close
+    it. Any failure is written to the control block (errno, text, ``FAILED``) for the kernel
+    to report, and the exit status says what kind it was."""
+    try:
+        region = SharedRegion.attach(args.shm_name)
+    except OSError as exc:
+        print(f"ringtape {name}: cannot attach {args.shm_name}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_ATTACH_FAILED)
+    views = views_of(region.buf)
+    words = views.control.words
+    words[control.CHILD_PID] = os.getpid()
+    code = EXIT_OK
+    try:
+        loop = setup(views)
+        ignore_group_signals()
+        words[control.STATE] = control.STATE_RUNNING
+        loop.run()
+        loop.close()
+    except Exception as exc:  # the kernel must learn why its child stopped
+        err, text, code = describe_failure(exc)
+        views.control.report_failure(text, err)
+    finally:
+        views.release()
+        region.close()
+    sys.exit(code)
 
 
 def ignore_group_signals() -> None:

@@ -1,8 +1,30 @@
-"""What the writer's and the sidecar's control blocks share: the size of the block and the
-error text a failing child leaves there for the kernel to report.
+"""The control block at the start of every shared region (the entry ring's and the marker ring's).
 
-A control block is ``CONTROL_WORDS`` u64 words at the start of a shared region; words
-``ERROR_TEXT_WORD ..`` hold a NUL-padded UTF-8 message (at most ``ERROR_TEXT_BYTES - 1`` bytes).
+A control block is ``CONTROL_WORDS`` u64 words, laid out the same way for both rings so that one
+child bootstrap (``capture/child.py``) serves the writer and the sidecar::
+
+    word  0..7    written once at start-up, then read-mostly
+          0 MAGIC             which ring this is
+          1 SLOTS             ring slots (a power of two)
+          2 SIZE              ring bytes (entry ring) or record capacity (marker ring)
+          3 PRODUCER_PID      the kernel
+          4 CONSUMER_SLEEPING 1 while the child sleeps on its doorbell (the producer rings then)
+    word  8..15   the producer's line (the kernel writes, the child reads)
+          8 CLOSE_REQUEST     non-zero: finish and exit (what it means is the ring's)
+          9..15               the ring's own producer words
+    word 16..31   the consumer's line (the child writes, the kernel reads)
+         16 READ_SEQ          the last record taken (frees ring space)
+         18 DURABLE           the last record fdatasync'd
+         20 STATE             STARTING, RUNNING, CLOSED or FAILED
+         21 ERRNO             the errno of a failure (0: none)
+         22 CHILD_PID         the child process
+         23 HEARTBEAT_NS      the child's monotonic clock when it last woke or committed
+         17, 19, 24..31       the ring's own consumer words
+    word 32..63   ERROR_TEXT: why the child failed, NUL-padded UTF-8
+
+CONSUMER_SLEEPING is read by the producer on every append, and written by the child only when
+it goes to sleep or wakes: it shares the first line with words nobody writes after start-up,
+not the consumer line that every take rewrites (that would cost the producer a cache miss).
 """
 
 from __future__ import annotations
@@ -11,27 +33,55 @@ from typing import Final
 
 CONTROL_WORDS: Final = 64
 CONTROL_BYTES: Final = CONTROL_WORDS * 8
+
+MAGIC: Final = 0
+SLOTS: Final = 1
+SIZE: Final = 2
+PRODUCER_PID: Final = 3
+CONSUMER_SLEEPING: Final = 4
+CLOSE_REQUEST: Final = 8
+READ_SEQ: Final = 16
+DURABLE: Final = 18
+STATE: Final = 20
+ERRNO: Final = 21
+CHILD_PID: Final = 22
+HEARTBEAT_NS: Final = 23
 ERROR_TEXT_WORD: Final = 32
-ERROR_TEXT_BYTES: Final = 256
+ERROR_TEXT_BYTES: Final = (CONTROL_WORDS - ERROR_TEXT_WORD) * 8
+
+# Child states (the STATE word).
+STATE_STARTING: Final = 0
+STATE_RUNNING: Final = 1
+STATE_CLOSED: Final = 2
+STATE_FAILED: Final = 3
 
 
-def error_text(ctrl: memoryview) -> str:
-    start = ERROR_TEXT_WORD * 8
-    raw = bytes(ctrl.cast("B")[start : start + ERROR_TEXT_BYTES])
-    return raw.rstrip(b"\0").decode("utf-8", "replace")
+class ControlBlock:
+    """Typed access to a control block: ``words`` is the u64 view every word is read through."""
 
+    def __init__(self, buf: memoryview) -> None:
+        self.words = buf[:CONTROL_BYTES].cast("Q")
 
-def set_error_text(ctrl: memoryview, text: str) -> None:
-    start = ERROR_TEXT_WORD * 8
-    data = text.encode()[: ERROR_TEXT_BYTES - 1].ljust(ERROR_TEXT_BYTES, b"\0")
-    ctrl.cast("B")[start : start + ERROR_TEXT_BYTES] = data
+    def init(self, magic: int, slots: int, size: int, producer_pid: int) -> None:
+        """The producer's start-up writes; ``MAGIC`` last, once the rest is in place."""
+        self.words[SLOTS] = slots
+        self.words[SIZE] = size
+        self.words[PRODUCER_PID] = producer_pid
+        self.words[MAGIC] = magic
 
+    def error_text(self) -> str:
+        start = ERROR_TEXT_WORD * 8
+        raw = bytes(self.words.cast("B")[start : start + ERROR_TEXT_BYTES])
+        return raw.rstrip(b"\0").decode("utf-8", "replace")
 
-def report_failure(
-    ctrl: memoryview, text: str, err: int, *, errno_word: int, state_word: int, failed: int
-) -> None:
-    """A child's last act: why it failed (text, errno), then its state (what the kernel
-    polls) — in that order, so the reason is there when the state says FAILED."""
-    set_error_text(ctrl, text)
-    ctrl[errno_word] = err
-    ctrl[state_word] = failed
+    def report_failure(self, text: str, err: int) -> None:
+        """A child's last act: why it failed (text, errno), then its state (what the kernel
+        polls) — in that order, so the reason is there when the state says FAILED."""
+        start = ERROR_TEXT_WORD * 8
+        data = text.encode()[: ERROR_TEXT_BYTES - 1].ljust(ERROR_TEXT_BYTES, b"\0")
+        self.words.cast("B")[start : start + ERROR_TEXT_BYTES] = data
+        self.words[ERRNO] = err
+        self.words[STATE] = STATE_FAILED
+
+    def release(self) -> None:
+        self.words.release()

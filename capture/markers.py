@@ -10,25 +10,7 @@ Rules of this module:
    ``MarkerLaneFailed`` entry from that thread (the entry ring has one producer).
 3. The marker lane never halts the store.
 
-Theory of operation
--------------------
-The region is a control block and a ring of fixed 48-byte records::
-
-    [control: 64 u64 words][slots × record]
-    record: u64 a | u64 b | u64 event_seq_before | u64 obs | u32 stream | u32 kind | u64 rseq
-
-``rseq`` numbers the ring's records from 1 and is written last (the one ``pack_into`` writes the
-fields in order): it is the commit. The sidecar reads the ``rseq`` words of a window first,
-accepts the prefix that carries the expected numbers, only then copies those records, and
-returns ``READ_SEQ`` to free them. Kinds:
-
-- ``KIND_OBS``: one observation; ``a`` = ts_event, ``b`` = ts_init, ``obs`` its number.
-- ``KIND_NAME``: 32 bytes of an instrument id in ``a..obs`` (chunks precede their stream).
-- ``KIND_STREAM``: defines ``stream`` (a slot the kernel assigns densely from 0): ``a`` = class
-  code (index in ``DataMarkerClass.all()``), ``b`` = byte length of the id in the chunks before.
-
-A new (class, instrument) stream costs one dictionary miss and its definition records, written
-all together or not at all; the kernel's dict maps it to its slot from then on.
+The ring itself is ``capture/marker_ring.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import struct
 import subprocess
 import threading
 import time
@@ -45,12 +26,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-import numpy as np
-
-from ringtape.capture import control
-from ringtape.capture.child import spawn_child
 from ringtape.capture.config import DataMarkerClass, DataMarkerConfig
+from ringtape.capture.control import STATE_CLOSED, STATE_STARTING
 from ringtape.capture.doorbell import Doorbell, new_address
+from ringtape.capture.marker_ring import (
+    CLOSE_REQUEST,
+    CONSUMER_SLEEPING,
+    DURABLE_MARKER_SEQ,
+    DURABLE_OBS,
+    FINAL_OBS,
+    FINAL_RSEQ,
+    KIND_NAME,
+    KIND_OBS,
+    KIND_STREAM,
+    MAX_INSTRUMENT_BYTES,
+    NAME_CHUNK,
+    NAME_RECORD,
+    READ_SEQ,
+    RECORD,
+    RECORD_SIZE,
+    SIDECAR_STATE,
+    MarkerGeometry,
+    MarkerViews,
+)
+from ringtape.capture.marker_sidecar import SidecarArgs, spawn_sidecar
 from ringtape.capture.shm import SharedRegion, unlink_name
 from ringtape.storage.check.scan import scan_stream
 from ringtape.storage.format.markers import (
@@ -65,127 +64,9 @@ from ringtape.storage.run.recovery import cut_torn_tail
 
 log = logging.getLogger("ringtape.markers")
 
-# Control block words; producer-written and consumer-written words on separate cache lines.
-MAGIC: Final = 0
-SLOTS: Final = 1
-CAPACITY: Final = 2
-PRODUCER_PID: Final = 3
-# producer line
-CLOSE_REQUEST: Final = 8  # 1: drain up to FINAL_RSEQ, account up to FINAL_OBS, seal, exit
-FINAL_OBS: Final = 9
-FINAL_RSEQ: Final = 10
-# consumer line
-READ_SEQ: Final = 16
-CONSUMER_SLEEPING: Final = 17
-DURABLE_MARKER_SEQ: Final = 18  # highest marker seq fdatasync'd
-DURABLE_OBS: Final = 19  # every observation up to here is accounted for by durable records
-SIDECAR_STATE: Final = 20
-SIDECAR_ERRNO: Final = 21
-SIDECAR_PID: Final = 22
-GAP_RECORDS: Final = 23  # gap records the sidecar wrote
-GAP_OBSERVATIONS: Final = 24  # observations those gaps cover
-ERROR_TEXT_WORD: Final = control.ERROR_TEXT_WORD
-ERROR_TEXT_BYTES: Final = control.ERROR_TEXT_BYTES
-CONTROL_WORDS: Final = control.CONTROL_WORDS
-CONTROL_BYTES: Final = CONTROL_WORDS * 8
-MARKER_MAGIC: Final = 0x524E54504D41524B  # "KRAMPTNR"
-
-STATE_STARTING: Final = 0
-STATE_RUNNING: Final = 1
-STATE_CLOSED: Final = 2
-STATE_FAILED: Final = 3
-
-KIND_OBS: Final = 1
-KIND_STREAM: Final = 2
-KIND_NAME: Final = 3
-
-RECORD: Final = struct.Struct("<QQQQIIQ")
-RECORD_SIZE: Final = RECORD.size  # 48
-NAME_RECORD: Final = struct.Struct("<32sIIQ")
-NAME_CHUNK: Final = 32
-MAX_INSTRUMENT_BYTES: Final = 1024
-RECORD_DTYPE: Final = np.dtype(
-    [
-        ("a", "<u8"),
-        ("b", "<u8"),
-        ("esb", "<u8"),
-        ("obs", "<u8"),
-        ("stream", "<u4"),
-        ("kind", "<u4"),
-        ("rseq", "<u8"),
-    ]
-)
-assert RECORD_DTYPE.itemsize == RECORD_SIZE
-
 CLASS_CODES: Final = {c: i for i, c in enumerate(DataMarkerClass.all())}
 _READY_POLL_S: Final = 0.001
 MAX_GAP_RANGES: Final = 1024
-
-
-@dataclass(frozen=True)
-class MarkerGeometry:
-    """``capacity`` records may be in flight; ``slots`` (a power of two) hold them."""
-
-    capacity: int
-    slots: int
-
-    @classmethod
-    def for_capacity(cls, capacity: int) -> MarkerGeometry:
-        return cls(capacity, 1 << max(0, (capacity - 1).bit_length()))
-
-    @property
-    def region_size(self) -> int:
-        return CONTROL_BYTES + self.slots * RECORD_SIZE
-
-
-class MarkerViews:
-    """Typed views of a mapped marker region; both sides build one."""
-
-    def __init__(self, buf: memoryview, geometry: MarkerGeometry) -> None:
-        self.geometry = geometry
-        self.ctrl = buf[:CONTROL_BYTES].cast("Q")
-        self.data = buf[CONTROL_BYTES : geometry.region_size]
-        self.records = np.frombuffer(self.data, dtype=RECORD_DTYPE)
-        self.rseq = self.records["rseq"]  # the commit words
-
-    def init_control(self, producer_pid: int) -> None:
-        self.ctrl[SLOTS] = self.geometry.slots
-        self.ctrl[CAPACITY] = self.geometry.capacity
-        self.ctrl[PRODUCER_PID] = producer_pid
-        self.ctrl[MAGIC] = MARKER_MAGIC
-
-    def error_text(self) -> str:
-        return control.error_text(self.ctrl)
-
-    def set_error_text(self, text: str) -> None:
-        control.set_error_text(self.ctrl, text)
-
-    def release(self) -> None:
-        del self.records, self.rseq
-        self.ctrl.release()
-        self.data.release()
-
-
-@dataclass(frozen=True)
-class SidecarArgs:
-    """Everything the spawned sidecar needs; plain values so it pickles."""
-
-    shm_name: str
-    capacity: int
-    run_dir: str
-    run_id: str
-    doorbell: bytes
-    parent_pid: int
-    high_fidelity: tuple[str, ...]
-    safety_flush_s: float
-    segment_max_bytes: int
-    compression_level: int
-    commit_latency_s: float = 0.01
-
-
-def spawn_sidecar(args: SidecarArgs) -> subprocess.Popen[bytes]:
-    """Start the sidecar as a fresh interpreter (``ringtape.capture.marker_sidecar.child_main``)."""
-    return spawn_child("ringtape.capture.marker_sidecar", args)
 
 
 class EntrySeq(Protocol):
@@ -607,7 +488,7 @@ def _exit_detail(process: subprocess.Popen[bytes], views: MarkerViews | None) ->
     text = ""
     if views is not None:
         try:
-            text = views.error_text()
+            text = views.control.error_text()
         except ValueError:  # views released meanwhile
             text = ""
     code = process.returncode

@@ -18,8 +18,10 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from ringtape.capture.child import spawn_child
 from ringtape.capture.config import RetentionMode
 from ringtape.storage.run.retention import apply_plan, describe_instance, plan_retention
 
@@ -34,31 +36,34 @@ def run_once(instance_dir: Path, mode: RetentionMode) -> int:
     return sum(item.bytes for item in apply_plan(instance_dir, plan))
 
 
+@dataclass(frozen=True)
+class SupervisorArgs:
+    base_dir: str
+    instance_id: str
+    mode: str  # RetentionMode JSON
+    interval_s: float
+    parent_pid: int
+
+
 def spawn_supervisor(
     base_dir: Path, instance_id: str, mode: RetentionMode, interval_s: float
 ) -> subprocess.Popen[bytes]:
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ringtape.capture.retention_supervisor",
-            str(base_dir),
-            instance_id,
-            "--mode",
-            mode.to_json(),
-            "--interval",
-            str(interval_s),
-            "--parent-pid",
-            str(os.getpid()),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        env=env,
-        close_fds=True,
-    )
+    """Start the supervisor as a ringtape child process (``capture/child.py``)."""
+    args = SupervisorArgs(str(base_dir), instance_id, mode.to_json(), interval_s, os.getpid())
+    return spawn_child(__name__, "supervisor_main", args)
+
+
+def supervisor_main(args: SupervisorArgs) -> None:
+    """The spawned supervisor's entry point."""
+    argv = [
+        args.base_dir,
+        args.instance_id,
+        "--mode",
+        args.mode,
+        "--interval",
+        str(args.interval_s),
+    ]
+    sys.exit(main([*argv, "--parent-pid", str(args.parent_pid)]))
 
 
 def main(argv: list[str] | None = None) -> int:

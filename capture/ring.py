@@ -37,42 +37,28 @@ import numpy.typing as npt
 from ringtape.capture import control
 from ringtape.storage.format.entry import ENTRY_HEADER_SIZE
 
-# Control block words. Producer-written and consumer-written words sit on separate cache lines.
-MAGIC: Final = 0
-SLOTS: Final = 1
-RING_BYTES: Final = 2
-PRODUCER_PID: Final = 3
-# Read by the producer on every append, written by the consumer only when it goes to sleep or
-# wakes: it shares the first line with words nobody writes after start-up, not the consumer
-# line that every take rewrites (that would cost the producer a cache miss per take).
-CONSUMER_SLEEPING: Final = 4
+# Control block words (capture/control.py has the layout both rings share).
+MAGIC: Final = control.MAGIC
+CONSUMER_SLEEPING: Final = control.CONSUMER_SLEEPING
 # producer line
-CLOSE_REQUEST: Final = 9  # seq of the last entry the writer must make durable, then exit
+CLOSE_REQUEST: Final = control.CLOSE_REQUEST  # seq of the last entry to make durable, then exit
 # consumer line
-READ_SEQ: Final = 16
+READ_SEQ: Final = control.READ_SEQ
 READ_POS: Final = 17
-DURABLE_SEQ: Final = 18
-WRITER_STATE: Final = 19
-WRITER_ERRNO: Final = 20
-WRITER_HEARTBEAT_NS: Final = 21
-WRITER_PID: Final = 23
-FRAMES_WRITTEN: Final = 24
-BYTES_STORED: Final = 25
+DURABLE_SEQ: Final = control.DURABLE
+WRITER_STATE: Final = control.STATE
+WRITER_ERRNO: Final = control.ERRNO
+WRITER_PID: Final = control.CHILD_PID
+WRITER_HEARTBEAT_NS: Final = control.HEARTBEAT_NS
+# The writer's running totals (read by EventStore.stats(); mirrored into writer.lock for
+# `ringtape inspect`).
+SYNCS: Final = 24
+FRAMES_WRITTEN: Final = 25
 BYTES_RAW: Final = 26
-SYNCS: Final = 27
-# words 32..63: the writer's last error message (UTF-8, NUL padded)
-ERROR_TEXT_WORD: Final = control.ERROR_TEXT_WORD
-ERROR_TEXT_BYTES: Final = control.ERROR_TEXT_BYTES
-CONTROL_WORDS: Final = control.CONTROL_WORDS
-CONTROL_BYTES: Final = CONTROL_WORDS * 8
+BYTES_STORED: Final = 27
+CONTROL_BYTES: Final = control.CONTROL_BYTES
 
 RING_MAGIC: Final = 0x52494E4754415045  # "RINGTAPE"
-
-# Writer states.
-STATE_STARTING: Final = 0
-STATE_RUNNING: Final = 1
-STATE_CLOSED: Final = 2
-STATE_FAILED: Final = 3
 
 MIN_RING_BYTES: Final = 256 * 1024
 FRAME_BYTES: Final = 4 * 1024 * 1024  # records per frame, past its first (frames stay small)
@@ -112,7 +98,8 @@ class RingViews:
 
     def __init__(self, buf: memoryview, geometry: RingGeometry) -> None:
         self.geometry = geometry
-        self.ctrl = buf[:CONTROL_BYTES].cast("Q")
+        self.control = control.ControlBlock(buf)
+        self.ctrl = self.control.words
         index_end = CONTROL_BYTES + 8 * geometry.slots
         self.index = buf[CONTROL_BYTES:index_end].cast("Q")
         self.data = buf[index_end : index_end + geometry.ring_bytes]
@@ -121,21 +108,13 @@ class RingViews:
 
     def init_control(self, producer_pid: int) -> None:
         g = self.geometry
-        self.ctrl[SLOTS] = g.slots
-        self.ctrl[RING_BYTES] = g.ring_bytes
-        self.ctrl[PRODUCER_PID] = producer_pid
-        self.ctrl[MAGIC] = RING_MAGIC
-
-    def error_text(self) -> str:
-        return control.error_text(self.ctrl)
-
-    def set_error_text(self, text: str) -> None:
-        control.set_error_text(self.ctrl, text)
+        self.control.init(RING_MAGIC, g.slots, g.ring_bytes, producer_pid)
 
     def release(self) -> None:
         del self.index_np, self.data_np
-        for view in (self.ctrl, self.index, self.data):
+        for view in (self.index, self.data):
             view.release()
+        self.control.release()
 
 
 _LEN_SPAN: Final = np.arange(0, 4, dtype=np.int64)
@@ -205,6 +184,18 @@ class RingConsumer:
         if phys + ENTRY_HEADER_SIZE > v.geometry.ring_bytes:
             return False
         return int.from_bytes(v.data[phys + 16 : phys + 24], "little") == seq
+
+    def published_seq(self) -> int:
+        """The last seq the producer has published (a binary search over ``has``; for stats,
+        not for the hot loop: published seqs form a prefix after ``read_seq``)."""
+        lo, hi = 0, self.v.geometry.capacity  # lo entries are known published
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.has(self.read_seq + mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return self.read_seq + lo
 
     def _scan(self, count: int) -> tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """How many of the next ``count`` seqs are published, with their positions and lengths.

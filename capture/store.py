@@ -36,6 +36,7 @@ from ringtape.capture.config import (
     EventStoreConfig,
     RegisteredComponents,
 )
+from ringtape.capture.control import STATE_FAILED
 from ringtape.capture.doorbell import Doorbell, new_address
 from ringtape.capture.errors import (
     DISK_ERRNOS,
@@ -48,6 +49,7 @@ from ringtape.capture.errors import (
     StoreNotOpen,
 )
 from ringtape.capture.faults import FaultPlan
+from ringtape.capture.liveness import owner_alive, process_created
 from ringtape.capture.markers import MarkerLane
 from ringtape.capture.retention_supervisor import spawn_supervisor
 from ringtape.capture.ring import (
@@ -56,7 +58,6 @@ from ringtape.capture.ring import (
     DURABLE_SEQ,
     READ_POS,
     READ_SEQ,
-    STATE_FAILED,
     WRITER_ERRNO,
     WRITER_STATE,
     RingGeometry,
@@ -274,7 +275,7 @@ class EventStore:
         # Locked before the first manifest exists, released after the last one is written:
         # no sweep can ever take this run for a dead one while it is being written.
         lock = WriterLock.acquire(paths.run_dir)
-        lock.record_owner()
+        lock.record_owner(os.getpid(), process_created())
         manifest = Manifest(
             run_id=run_id,
             instance_id=str(iid),
@@ -576,7 +577,7 @@ class EventStore:
         if iid in self._swept or not self.options.recover_on_boot or not self.config.base_dir:
             return
         self._swept.add(iid)
-        report = sweep_instance(Path(self.config.base_dir) / str(iid))
+        report = sweep_instance(Path(self.config.base_dir) / str(iid), owner_alive=owner_alive)
         self.last_sweep = report
         if report.newest_recovered is not None and self.config.replay_from_run_id is None:
             self._parent_run_id = report.newest_recovered
@@ -704,7 +705,7 @@ class EventStore:
             if ctrl[CLOSE_REQUEST] and ctrl[DURABLE_SEQ] >= ctrl[CLOSE_REQUEST]:
                 return  # a clean close
             err = int(ctrl[WRITER_ERRNO])
-            text = session.views.error_text()
+            text = session.views.control.error_text()
             failed = int(ctrl[WRITER_STATE]) == STATE_FAILED
         code = session.process.returncode
         if failed and err in DISK_ERRNOS:

@@ -1,14 +1,22 @@
 """Wait strategies: how a consumer with nothing to do spends its time.
 
 A strategy has one method, ``idle(streak)``, called with the number of consecutive empty polls.
-The writer's loop stays free of backoff policy, and a benchmark can swap strategies.
+The writer's loop stays free of backoff policy, and a benchmark can swap strategies
+(``StoreOptions.writer_wait`` names one of :data:`WAIT_STRATEGIES`).
+
+Each strategy is built with ``sleep(timeout)``: the consumer's *announced* sleep, which sets
+``CONSUMER_SLEEPING`` so that the producer rings the doorbell, and returns when rung or after
+``timeout``. A strategy that never calls it is never rung: it must poll.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
+
+Sleep = Callable[[float], None]
 
 
 class WaitStrategy(Protocol):
@@ -24,7 +32,7 @@ class BackoffWait:
 
     def __init__(
         self,
-        sleep: Callable[[float], None],
+        sleep: Sleep,
         *,
         spins: int = 64,
         yields: int = 256,
@@ -45,12 +53,18 @@ class BackoffWait:
 
 
 class SleepingWait:
-    """Fixed short sleeps: predictable, slower to react; useful as a benchmark baseline."""
+    """Fixed short sleeps, never announced (so the producer never rings): predictable, slower
+    to react, and a system call per poll even when busy; a baseline for benchmarks."""
 
-    def __init__(self, interval: float = 0.0005) -> None:
+    def __init__(self, sleep: Sleep, *, interval: float = 0.0005) -> None:
+        del sleep  # never announced: this strategy polls
         self._interval = interval
 
     def idle(self, streak: int) -> None:
-        import time
-
         time.sleep(self._interval)
+
+
+WAIT_STRATEGIES: Final[dict[str, Callable[[Sleep], WaitStrategy]]] = {
+    "backoff": BackoffWait,
+    "sleeping": SleepingWait,
+}

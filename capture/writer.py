@@ -2,8 +2,9 @@
 
 Loop, top to bottom:
 
-1. Poll ``WRITE_SEQ``. Nothing new: idle through the wait strategy (spin, yield, then sleep
-   with ``CONSUMER_SLEEPING`` set so the producer rings the doorbell).
+1. Look at the next seq's index slot (``RingConsumer.has``). Nothing published: idle through
+   the wait strategy (``capture/wait.py``: spin, yield, then sleep with ``CONSUMER_SLEEPING`` set
+   so that the producer rings the doorbell).
 2. Something new: the batch closes when ``max_batch_entries`` are waiting, when
    ``max_batch_latency`` has passed since the writer first saw its first entry, or at once when
    a close is requested.
@@ -19,27 +20,23 @@ Loop, top to bottom:
 4. Stop when the producer's close request is durable (``CLOSED``), when the kernel process is
    gone (drain what was published; the run stays ``running`` for the recovery sweep), or on a
    disk error (``FAILED`` with the errno in the control block: the store halts).
+
+Once a second (checked when it commits or wakes) the writer mirrors its totals into the second
+line of ``writer.lock`` (FORMAT.md, "writer.lock"), for ``ringtape inspect`` of a live run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from ringtape.capture.child import (
-    EXIT_ATTACH_FAILED,
-    EXIT_OK,
-    describe_failure,
-    ignore_group_signals,
-    read_child_args,
-    spawn_child,
-)
-from ringtape.capture.control import report_failure
+from ringtape.capture.child import ChildArgs, serve, spawn_child
+from ringtape.capture.control import STATE_CLOSED
 from ringtape.capture.doorbell import DoorbellListener
 from ringtape.capture.faults import FaultInjector, FaultPlan
 from ringtape.capture.ring import (
@@ -49,13 +46,8 @@ from ringtape.capture.ring import (
     CONSUMER_SLEEPING,
     DURABLE_SEQ,
     FRAMES_WRITTEN,
-    STATE_CLOSED,
-    STATE_FAILED,
-    STATE_RUNNING,
     SYNCS,
-    WRITER_ERRNO,
     WRITER_HEARTBEAT_NS,
-    WRITER_PID,
     WRITER_STATE,
     Batch,
     RingConsumer,
@@ -63,11 +55,10 @@ from ringtape.capture.ring import (
     RingViews,
     stamp_publish_time,
 )
-from ringtape.capture.shm import SharedRegion
-from ringtape.capture.wait import BackoffWait
+from ringtape.capture.wait import WAIT_STRATEGIES
 from ringtape.storage.format.frame import STREAM_EVENTS
 from ringtape.storage.run.layout import LOCK_NAME
-from ringtape.storage.run.lock import WriterLock
+from ringtape.storage.run.lock import WriterLock, write_live_stats
 from ringtape.storage.segment.writer import SegmentWriter
 
 GROUP_BYTES: Final = 16 * 1024 * 1024
@@ -75,22 +66,18 @@ GROUP_ENTRIES: Final = 8192
 BATCH_POLL_S: Final = 0.0002
 
 
+STATS_INTERVAL_S: Final = 1.0
+
+
 @dataclass(frozen=True)
-class WriterArgs:
+class WriterArgs(ChildArgs):
     """Everything the spawned writer needs; plain values so it pickles."""
 
-    shm_name: str
-    capacity: int
-    run_dir: str
-    run_id: str
-    doorbell: bytes
-    parent_pid: int
-    max_batch_entries: int
-    max_batch_latency_s: float
-    segment_max_bytes: int
-    compression_level: int
+    max_batch_entries: int = 100
+    max_batch_latency_s: float = 0.005
     publish_clock: str = "wall"  # "wall", or "ts_init" to copy ts_init (backtests)
     lock_fd: int = -1  # the run's writer.lock, already locked by the kernel and passed down
+    wait: str = "backoff"  # a name in capture.wait.WAIT_STRATEGIES
     faults: FaultPlan = field(default_factory=FaultPlan)
 
 
@@ -102,6 +89,7 @@ class WriterLoop:
         segments: SegmentWriter,
         doorbell: DoorbellListener,
         faults: FaultInjector,
+        lock: WriterLock,
     ) -> None:
         self.args = args
         self.v = views
@@ -109,9 +97,18 @@ class WriterLoop:
         self.segments = segments
         self.doorbell = doorbell
         self.faults = faults
-        self.wait = BackoffWait(self._sleep)
+        self.lock = lock
+        self.wait = WAIT_STRATEGIES[args.wait](self._sleep)
         self.stop_requested = False
         self.empty_at = time.monotonic()
+        self.started_ns = time.time_ns()
+        self.stats_due = 0.0
+
+    def close(self) -> None:
+        self.segments.close()
+        self.publish_stats()
+        self.doorbell.close()
+        self.lock.release()
 
     def parent_gone(self) -> bool:
         return self.stop_requested or os.getppid() != self.args.parent_pid
@@ -123,9 +120,11 @@ class WriterLoop:
         if not self.ring.has(self.ring.read_seq + 1) and not ctrl[CLOSE_REQUEST]:
             self.doorbell.wait(timeout)
         # Whatever is published now was published while we slept: most likely just now.
-        self.empty_at = time.monotonic()
+        self.empty_at = now = time.monotonic()
         ctrl[CONSUMER_SLEEPING] = 0
         ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
+        if now >= self.stats_due:
+            self.publish_stats()
 
     def run(self) -> None:
         ctrl = self.v.ctrl
@@ -200,6 +199,27 @@ class WriterLoop:
         ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
         self.faults.commits += 1
         self.faults.point("after_publish")
+        if self.empty_at >= self.stats_due:
+            self.publish_stats()
+
+    def publish_stats(self) -> None:
+        """Mirror the writer's totals into ``writer.lock`` (for ``ringtape inspect``)."""
+        ctrl = self.v.ctrl
+        self.stats_due = time.monotonic() + STATS_INTERVAL_S
+        published = self.ring.published_seq()
+        stats = {
+            "started_ns": self.started_ns,
+            "updated_ns": time.time_ns(),
+            "capacity": self.args.capacity,
+            "taken_seq": self.ring.read_seq,
+            "published_seq": published,
+            "durable_seq": int(ctrl[DURABLE_SEQ]),
+            "commits": int(ctrl[SYNCS]),
+            "frames": int(ctrl[FRAMES_WRITTEN]),
+            "bytes_raw": int(ctrl[BYTES_RAW]),
+            "bytes_stored": int(ctrl[BYTES_STORED]),
+        }
+        write_live_stats(self.lock, json.dumps(stats, separators=(",", ":")))
 
     def _append(self, batch: Batch) -> None:
         if self.args.publish_clock == "wall":
@@ -217,27 +237,13 @@ class WriterLoop:
         ctrl[BYTES_RAW] += len(batch.records)
 
 
-def _report_failure(views: RingViews, err: int, text: str) -> None:
-    report_failure(
-        views.ctrl, text, err, errno_word=WRITER_ERRNO, state_word=WRITER_STATE, failed=STATE_FAILED
-    )
-
-
 def writer_main(args: WriterArgs) -> None:
-    """Entry point of the spawned writer process."""
-    try:
-        region = SharedRegion.attach(args.shm_name)
-    except OSError as exc:
-        print(f"ringtape writer: cannot attach {args.shm_name}: {exc}", file=sys.stderr)
-        sys.exit(EXIT_ATTACH_FAILED)
-    views = RingViews(region.buf, RingGeometry.for_capacity(args.capacity))
-    views.ctrl[WRITER_PID] = os.getpid()
-    run_dir = Path(args.run_dir)
-    faults = FaultInjector(args.faults)
-    code = EXIT_OK
-    try:
+    """The writer process (``capture/child.py`` starts it): drain the ring until told to stop."""
+
+    def setup(views: RingViews) -> WriterLoop:
+        run_dir = Path(args.run_dir)
+        faults = FaultInjector(args.faults)
         lock = WriterLock.adopt(args.lock_fd, run_dir / LOCK_NAME)
-        doorbell = DoorbellListener(args.doorbell)
         segments = SegmentWriter(
             run_dir,
             args.run_id,
@@ -247,31 +253,13 @@ def writer_main(args: WriterArgs) -> None:
             compression_level=args.compression_level,
             write_guard=None if args.faults.empty else faults.guard_write,
         )
-        loop = WriterLoop(args, views, segments, doorbell, faults)
+        return WriterLoop(args, views, segments, DoorbellListener(args.doorbell), faults, lock)
 
-        ignore_group_signals()
-        views.ctrl[WRITER_STATE] = STATE_RUNNING
-        loop.run()
-        segments.close()
-        doorbell.close()
-        lock.release()
-    except Exception as exc:  # the store must learn why its writer stopped
-        err, text, code = describe_failure(exc)
-        _report_failure(views, err, text)
-    finally:
-        views.release()
-        region.close()
-    sys.exit(code)
+    geometry = RingGeometry.for_capacity(args.capacity)
+    serve("writer", args, lambda buf: RingViews(buf, geometry), setup)
 
 
 def spawn_writer(args: WriterArgs) -> subprocess.Popen[bytes]:
-    """Start the writer process (see ``ringtape.capture.child``), passing it the locked run lock."""
+    """Start the writer process, passing it the run lock the kernel holds."""
     fds = (args.lock_fd,) if args.lock_fd >= 0 else ()
-    return spawn_child("ringtape.capture.writer", args, pass_fds=fds)
-
-
-def child_main() -> None:
-    """The spawned interpreter's entry point: arguments come pickled on stdin."""
-    args = read_child_args()
-    assert isinstance(args, WriterArgs)
-    writer_main(args)
+    return spawn_child(__name__, "writer_main", args, pass_fds=fds)

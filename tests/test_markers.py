@@ -12,8 +12,9 @@ import pytest
 from hypothesis import event, given, settings, strategies as st
 
 from ringtape.capture.config import DataMarkerClass, DataMarkerConfig
-from ringtape.capture.marker_sidecar import MarkerFolder, MarkerRingReader
-from ringtape.capture.markers import MarkerGeometry, MarkerLane, MarkerViews
+from ringtape.capture.marker_fold import MarkerFolder
+from ringtape.capture.marker_ring import MarkerGeometry, MarkerRingReader, MarkerViews
+from ringtape.capture.markers import MarkerLane
 from ringtape.capture.shm import SharedRegion, unlink_name
 from ringtape.storage.check.findings import Kind
 from ringtape.storage.format.entry import Entry, decode_entry

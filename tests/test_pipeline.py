@@ -213,7 +213,7 @@ def test_run_started_timeout_leaves_nothing_running(
         store.open(uuid.uuid4(), COMPONENTS, "live")
     assert store.writer_pid() is None and store.run_id() is None
     children = psutil.Process().children(recursive=True)
-    assert not [c for c in children if "ringtape.capture.writer" in " ".join(c.cmdline())]
+    assert not [c for c in children if "child_main" in " ".join(c.cmdline())]
 
 
 def test_seal_is_idempotent_and_open_reopens(tmp_path: Path, stores: list[EventStore]) -> None:

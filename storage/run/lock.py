@@ -4,13 +4,15 @@
 manifest is written until *after* its last one is: the kernel takes it in ``open()`` and hands
 the same open file to the writer process, so the lock lives as long as either of them does.
 The kernel releases such a lock when the process dies, however it dies, so a ``running``
-manifest whose lock can be taken belongs to a run nobody is writing. The lock file names its
-owner (``pid create_time``) so a sweep can tell "the kernel is alive" from "the kernel died
-and its writer is still draining". The marker sidecar holds ``markers.lock`` the same way.
+manifest whose lock can be taken belongs to a run nobody is writing. The lock file's first line
+names its owner (``pid create_time``) so that a sweep can tell "the kernel is alive" from "the
+kernel died and its writer is still draining"; its second line is the writer's live totals
+(for ``ringtape inspect``). The marker sidecar holds ``markers.lock`` the same way.
 
 Probing (:func:`writer_alive`) takes a shared lock on a read-only descriptor for an instant
 and never writes. Recovery holds every lock of a run exclusively for as long as it works on it
-(:func:`hold_run`).
+(:func:`hold_run`). Whether a process is alive is not this package's to know: the caller passes
+that test in (``capture/liveness.py`` has it).
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import fcntl
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import psutil
 
 from ringtape.storage.run.layout import FILE_MODE, LOCK_NAME, MARKER_LOCK_NAME, open_regular
 
 RUN_LOCKS = (LOCK_NAME, MARKER_LOCK_NAME)
+MAX_LOCK_FILE_BYTES = 4096
+
+# Whether the kernel that owns a run (``run_dir``) is still alive.
+OwnerAlive = Callable[[Path], bool]
 
 
 class LockHeldError(RuntimeError):
@@ -77,10 +81,8 @@ class WriterLock:
         """Take over a descriptor whose open file already holds the lock (passed by a parent)."""
         return cls(fd, path)
 
-    def record_owner(self, pid: int | None = None) -> None:
-        """Write ``pid create_time`` of the owning kernel into the lock file."""
-        pid = os.getpid() if pid is None else pid
-        created = psutil.Process(pid).create_time()
+    def record_owner(self, pid: int, created: float) -> None:
+        """Write the owning kernel's ``pid create_time`` as the lock file's first line."""
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{pid} {created:.3f}\n".encode(), 0)
 
@@ -109,28 +111,47 @@ def writer_alive(run_dir: Path, name: str = LOCK_NAME) -> bool:
     return False
 
 
-def owner_alive(run_dir: Path) -> bool:
-    """Whether the kernel named in ``writer.lock`` still runs (unknown owner: assume it does)."""
+def read_owner(run_dir: Path) -> tuple[int, float] | None:
+    """``(pid, create_time)`` from the first line of ``writer.lock`` (``None``: unknown)."""
     try:
-        pid_text, created_text = open_regular(run_dir / LOCK_NAME, 64).decode().split()
-        pid, created = int(pid_text), float(created_text)
+        first = open_regular(run_dir / LOCK_NAME, MAX_LOCK_FILE_BYTES).split(b"\n", 1)[0]
+        pid_text, created_text = first.decode().split()
+        return int(pid_text), float(created_text)
     except (OSError, ValueError, UnicodeDecodeError):
-        return True
+        return None
+
+
+def write_live_stats(lock: WriterLock, line: str) -> None:
+    """Put ``line`` (one line of JSON, the writer's totals) after the owner line."""
+    first = os.pread(lock.fd, MAX_LOCK_FILE_BYTES, 0).split(b"\n", 1)[0]
+    data = first + b"\n" + line.encode() + b"\n"
+    os.pwrite(lock.fd, data, 0)
+    os.ftruncate(lock.fd, len(data))
+
+
+def read_live_stats(run_dir: Path) -> str | None:
+    """The second line of ``writer.lock``, as the writer last wrote it (``None``: none)."""
     try:
-        return bool(abs(psutil.Process(pid).create_time() - created) < 0.01)
-    except psutil.Error:
-        return False
+        lines = open_regular(run_dir / LOCK_NAME, MAX_LOCK_FILE_BYTES).split(b"\n")
+    except OSError:
+        return None
+    if len(lines) < 2 or not lines[1]:
+        return None
+    return lines[1].decode("utf-8", "replace")
 
 
 @contextlib.contextmanager
-def hold_run(run_dir: Path, *, orphan_wait_s: float = 10.0) -> Iterator[None]:
+def hold_run(
+    run_dir: Path, *, orphan_wait_s: float = 10.0, owner_alive: OwnerAlive | None = None
+) -> Iterator[None]:
     """Hold every lock of a run exclusively, or raise ``LockHeldError`` if the run is live.
 
-    When the lock is held but its owning kernel is dead, the writer is still draining what
-    the kernel published: wait (up to ``orphan_wait_s``) for it to finish rather than call
-    the run live.
+    When the lock is held but its owning kernel is dead (``owner_alive`` says so; without it
+    the owner is assumed alive), the writer is still draining what the kernel published: wait
+    (up to ``orphan_wait_s``) for it to finish rather than call the run live.
     """
-    wait = 0.0 if owner_alive(run_dir) else orphan_wait_s
+    dead = owner_alive is not None and not owner_alive(run_dir)
+    wait = orphan_wait_s if dead else 0.0
     held: list[WriterLock] = []
     try:
         for name in RUN_LOCKS:

@@ -44,7 +44,7 @@ from ringtape.storage.run.layout import (
     create_private_file,
     fsync_dir,
 )
-from ringtape.storage.run.lock import LockHeldError, hold_run, writer_alive
+from ringtape.storage.run.lock import LockHeldError, OwnerAlive, hold_run, writer_alive
 from ringtape.storage.run.manifest import Manifest, ManifestError, read_manifest, write_manifest
 from ringtape.storage.run.status import RunStatus, check_transition
 
@@ -322,13 +322,16 @@ def apply_plan(run_dir: Path, plan: RecoveryPlan, *, locked: bool = False) -> No
     write_manifest(run_dir, sealed)
 
 
-def recover_run(run_dir: Path, *, orphan_wait_s: float = 10.0) -> RecoveryPlan:
+def recover_run(
+    run_dir: Path, *, orphan_wait_s: float = 10.0, owner_alive: OwnerAlive | None = None
+) -> RecoveryPlan:
     """Scan one run and apply the plan, holding its locks throughout; returns the plan.
 
-    Raises ``LockHeldError`` for a live run. If the kernel that owned it is dead but its writer
-    still drains, waits up to ``orphan_wait_s`` for the writer to finish first.
+    Raises ``LockHeldError`` for a live run. If the kernel that owned it is dead
+    (``owner_alive``, see ``hold_run``) but its writer still drains, waits up to
+    ``orphan_wait_s`` for the writer to finish first.
     """
-    with hold_run(run_dir, orphan_wait_s=orphan_wait_s):
+    with hold_run(run_dir, orphan_wait_s=orphan_wait_s, owner_alive=owner_alive):
         plan = scan_run(run_dir, locked=True)
         apply_plan(run_dir, plan, locked=True)
     return plan

@@ -17,7 +17,7 @@ from pathlib import Path
 from ringtape.storage.read.reader import CorruptionError
 from ringtape.storage.read.replay import iter_anchors
 from ringtape.storage.run.layout import BLOB_DIR, MANIFEST_NAME, fsync_dir, list_runs
-from ringtape.storage.run.lock import LockHeldError
+from ringtape.storage.run.lock import LockHeldError, OwnerAlive
 from ringtape.storage.run.manifest import read_manifest, write_manifest
 from ringtape.storage.run.recovery import RecoveryPlan, recover_run
 from ringtape.storage.run.status import RunStatus
@@ -37,8 +37,9 @@ class SweepReport:
         return Path(self.recovered[-1].run_dir).name if self.recovered else None
 
 
-def sweep_instance(instance_dir: Path) -> SweepReport:
-    """Recover the dead ``running`` runs of one instance, oldest first."""
+def sweep_instance(instance_dir: Path, *, owner_alive: OwnerAlive | None = None) -> SweepReport:
+    """Recover the dead ``running`` runs of one instance, oldest first (``owner_alive``: see
+    ``storage.run.lock.hold_run``)."""
     report = SweepReport()
     try:
         run_ids = list_runs(instance_dir)
@@ -50,7 +51,7 @@ def sweep_instance(instance_dir: Path) -> SweepReport:
         try:
             if read_manifest(run_dir).status is not RunStatus.RUNNING:
                 continue
-            plan = recover_run(run_dir)
+            plan = recover_run(run_dir, owner_alive=owner_alive)
             if plan.status.is_sealed:  # a quarantined run is evidence: left exactly as found
                 _index_anchors(run_dir)
                 _remove_stale_temps(run_dir)

@@ -56,8 +56,9 @@ from ringtape.capture.config import (
     EventStoreConfig,
     RegisteredComponents as Components,
 )
-from ringtape.capture.marker_sidecar import MarkerFolder, MarkerRingReader
-from ringtape.capture.markers import MarkerGeometry, MarkerLane, MarkerViews
+from ringtape.capture.marker_fold import MarkerFolder
+from ringtape.capture.marker_ring import MarkerGeometry, MarkerRingReader, MarkerViews
+from ringtape.capture.markers import MarkerLane
 from ringtape.capture.shm import SharedRegion, unlink_name
 from ringtape.capture.store import EventStore
 from ringtape.storage.format.markers import TOPIC_HIFI, MarkerGap, check_marker_stream, iter_markers

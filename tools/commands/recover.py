@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ringtape.capture.liveness import owner_alive
 from ringtape.storage.run.recovery import RecoveryPlan
 from ringtape.storage.run.status import RunStatus
 from ringtape.storage.run.sweep import SweepReport, sweep_instance
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     targets = instance_dirs(args.base_dir, args.instance)
     # The sweep logs what it skips; the report below says it once, in full.
     logging.getLogger("ringtape.recovery").setLevel(logging.ERROR)
-    reports = [(d, sweep_instance(d)) for d in targets]
+    reports = [(d, sweep_instance(d, owner_alive=owner_alive)) for d in targets]
     if args.json:
         json.dump({"instances": [_to_dict(d, r) for d, r in reports]}, sys.stdout, indent=2)
         sys.stdout.write("\n")
