@@ -82,7 +82,7 @@ from ringtape.storage.run.blobs import write_blob
 from ringtape.storage.run.layout import RunPaths, inside, new_run_id
 from ringtape.storage.run.lock import WriterLock
 from ringtape.storage.run.manifest import Manifest, write_manifest
-from ringtape.storage.run.status import RunStatus
+from ringtape.storage.run.status import RunStatus, check_transition
 from ringtape.storage.run.sweep import SweepReport, sweep_instance
 from ringtape.storage.segment.writer import DEFAULT_SEGMENT_BYTES
 
@@ -417,6 +417,7 @@ class EventStore:
         faults = self.options.faults
         faults.kernel_point("seal_before_manifest")
         manifest = session.manifest
+        check_transition(manifest.status, RunStatus.ENDED)
         manifest.status = RunStatus.ENDED
         manifest.high_watermark = last
         manifest.end_ts_init = ts

@@ -17,15 +17,8 @@ from ringtape.storage.format.frame import STREAM_EVENTS
 from ringtape.storage.read.reader import iter_entries
 from ringtape.storage.run.lock import LockHeldError, WriterLock
 from ringtape.storage.run.manifest import read_manifest
-from ringtape.storage.run.recovery import (
-    VERDICTS,
-    Outcome,
-    RecoveryError,
-    apply_plan,
-    recover_run,
-    scan_run,
-)
-from ringtape.storage.run.status import RunStatus
+from ringtape.storage.run.recovery import RecoveryError, apply_plan, recover_run, scan_run
+from ringtape.storage.run.status import RECOVERY_VERDICTS, Outcome, RunStatus
 from ringtape.storage.segment.writer import SegmentWriter
 
 RUNNING = RunStatus.RUNNING
@@ -40,7 +33,7 @@ def last_segment(run: Path, stream: str = "events") -> Path:
 
 
 def test_the_table_covers_every_outcome() -> None:
-    assert set(VERDICTS) == set(Outcome)
+    assert set(RECOVERY_VERDICTS) == set(Outcome)
 
 
 def test_no_entries_is_crashed_recovered(tmp_path: Path) -> None:

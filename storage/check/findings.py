@@ -65,10 +65,6 @@ KINDS: Final[dict[Kind, str]] = {
     Kind.UNEXPECTED_FILE: "a file in a run directory that ringtape did not write",
 }
 
-# Kinds that describe what is kept around a run rather than damage to the record itself: they
-# are reported, but they do not make a verification fail.
-INFORMATIONAL: Final[frozenset[Kind]] = frozenset({Kind.LEFTOVER_TORN})
-
 
 @dataclass(frozen=True, slots=True)
 class Finding:

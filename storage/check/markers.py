@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ringtape.storage.check.findings import Finding
 from ringtape.storage.format.markers import check_marker_stream
-from ringtape.storage.run.status import RunStatus
+from ringtape.storage.run.status import entries_complete
 
 if TYPE_CHECKING:
     from ringtape.storage.check.verify import RunContext
@@ -29,7 +29,7 @@ def check_markers(ctx: RunContext) -> Iterable[Finding]:
     # Entries may be missing for reasons already reported or expected: still in flight (a
     # live run), lost with a crashed writer (the marker lane went on observing), or behind
     # damage. Markers pointing past them are then no finding of their own.
-    complete = ctx.status is RunStatus.ENDED and not ctx.events.damage and not ctx.live
+    complete = entries_complete(ctx.status, bool(ctx.events.damage), ctx.live)
     watermark = (ctx.events.last_seq or 0) if complete else _UNBOUNDED
     return coalesce(check_marker_stream(ctx.run_dir, watermark))
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ringtape.storage.check.anchors import check_anchors
-from ringtape.storage.check.findings import INFORMATIONAL, Finding, Kind
+from ringtape.storage.check.findings import Finding, Kind
 from ringtape.storage.check.markers import check_markers
 from ringtape.storage.check.scan import (
     SegmentScan,
@@ -55,7 +55,7 @@ from ringtape.storage.run.layout import (
 )
 from ringtape.storage.run.lock import writer_alive
 from ringtape.storage.run.manifest import Manifest, ManifestError, read_manifest
-from ringtape.storage.run.status import RunStatus
+from ringtape.storage.run.status import INFORMATIONAL, RunFacts, RunStatus, verify_verdict
 
 STREAMS: Final = tuple(STREAM_NAMES.values())
 BLOB_NAME_RE: Final = re.compile(r"^[0-9a-f]{32}\.snap$")
@@ -434,18 +434,8 @@ def _live_filter(stream: StreamScan, live: bool) -> StreamScan:
 
 def _verdict(ctx: RunContext, findings: Sequence[Finding]) -> str:
     serious = [f for f in findings if f.kind not in INFORMATIONAL]
-    if ctx.live:
-        return "live: being written" + (f", {len(serious)} findings" if serious else "")
-    if ctx.status is RunStatus.QUARANTINED:
-        return f"quarantined: {len(serious)} findings"
-    if any(f.kind is not Kind.TORN_TAIL for f in serious):
-        return f"DAMAGED: {len(serious)} findings"
-    if ctx.status is RunStatus.RUNNING:
-        torn = " (torn tail)" if serious else ""
-        return f"not sealed: writer gone, needs recovery{torn}"
-    if serious:
-        return "DAMAGED: torn tail in a sealed run"
-    return "intact"
+    damage = sum(1 for f in serious if f.kind is not Kind.TORN_TAIL)
+    return verify_verdict(RunFacts(ctx.live, ctx.status, len(serious), damage))
 
 
 def _summary(

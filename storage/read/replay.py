@@ -23,7 +23,7 @@ from ringtape.storage.format.entry import TOPIC_SNAPSHOT_ANCHOR, Entry
 from ringtape.storage.read.reader import iter_entries, iter_frames
 from ringtape.storage.run.blobs import Anchor, BlobError, read_blob
 from ringtape.storage.run.manifest import ManifestError, read_manifest
-from ringtape.storage.run.status import RunStatus
+from ringtape.storage.run.status import REPLAY_REFUSALS
 
 _ANCHOR_TOPIC = TOPIC_SNAPSHOT_ANCHOR.encode()
 
@@ -101,15 +101,9 @@ def open_source(run_dir: Path) -> int:
         manifest = read_manifest(run_dir)
     except ManifestError as exc:
         raise ReplaySourceError(f"replay source {run_dir.name}: {exc}") from None
-    if manifest.status is RunStatus.QUARANTINED:
-        raise ReplaySourceError(
-            f"replay source {manifest.run_id} is quarantined (damaged); it is never replayed"
-        )
-    if not manifest.status.is_sealed:
-        raise ReplaySourceError(
-            f"replay source {manifest.run_id} is {manifest.status}, not sealed;"
-            " run `ringtape recover` first if its writer is gone"
-        )
+    refusal = REPLAY_REFUSALS.get(manifest.status)
+    if refusal is not None:
+        raise ReplaySourceError(f"replay source {manifest.run_id} is {refusal}")
     return manifest.high_watermark
 
 

@@ -2,9 +2,9 @@
 
 Rules of this module:
 
-1. Everything that decides a recovered run's status lives here, in the table
-   :data:`VERDICTS` from what the scan found (an :class:`Outcome`) to the new status. Code only
-   computes the outcome; it never picks a status itself.
+1. The scan computes an :class:`~ringtape.storage.run.status.Outcome`; the status it seals the
+   run with is ``storage/run/status.py``'s table ``RECOVERY_VERDICTS``. Code here never picks a
+   status itself.
 2. :func:`scan_run` only reads. :func:`apply_plan` is the only function that changes a run, and
    it changes exactly two things: the torn tail at the end of a stream's last segment (kept in a
    ``<segment>.torn`` side file, fsynced, before the segment is cut) and the manifest (rewritten
@@ -27,7 +27,6 @@ stream never decides the verdict: its damage is recorded in the manifest's findi
 
 from __future__ import annotations
 
-import enum
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,31 +45,16 @@ from ringtape.storage.run.layout import (
 )
 from ringtape.storage.run.lock import LockHeldError, OwnerAlive, hold_run, writer_alive
 from ringtape.storage.run.manifest import Manifest, ManifestError, read_manifest, write_manifest
-from ringtape.storage.run.status import RunStatus, check_transition
+from ringtape.storage.run.status import (
+    NOT_DAMAGE_IN_RECOVERY,
+    RECOVERABLE,
+    RECOVERY_VERDICTS,
+    Outcome,
+    RunStatus,
+    check_transition,
+)
 
 COPY_CHUNK: Final = 1 << 20
-
-
-class Outcome(enum.Enum):
-    """What the scan of a run's events stream found."""
-
-    DAMAGED = "damage before the tail"
-    EMPTY = "no entries"
-    CLEAN_ENDED = "clean, last entry is RunEnded"
-    CLEAN_OPEN = "clean, no RunEnded"
-
-
-# The verdict: what the scan found -> the status the run is sealed with.
-VERDICTS: Final[dict[Outcome, RunStatus]] = {
-    Outcome.DAMAGED: RunStatus.QUARANTINED,
-    Outcome.EMPTY: RunStatus.CRASHED_RECOVERED,
-    Outcome.CLEAN_ENDED: RunStatus.ENDED,
-    Outcome.CLEAN_OPEN: RunStatus.CRASHED_RECOVERED,
-}
-
-# Kinds that are not damage: a torn tail at the very end of a stream is a crash, and bytes a
-# previous (interrupted) recovery already kept aside are a record of one.
-NOT_DAMAGE: Final = frozenset({Kind.TORN_TAIL, Kind.LEFTOVER_TORN})
 
 
 class RecoveryError(RuntimeError):
@@ -106,7 +90,7 @@ class RecoveryPlan:
 
     @property
     def changes_anything(self) -> bool:
-        return self.current is RunStatus.RUNNING
+        return self.current in RECOVERABLE
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,7 +108,7 @@ class RecoveryPlan:
 
 def classify(events: StreamScan) -> tuple[Outcome, list[Finding]]:
     """The outcome of an events stream scan, and the damage findings that decided it."""
-    damage = [f for f in events.findings if f.kind not in NOT_DAMAGE]
+    damage = [f for f in events.findings if f.kind not in NOT_DAMAGE_IN_RECOVERY]
     first, last = events.first_entry, events.last_entry
     if first is not None and first.seq == 1 and first.topic != TOPIC_RUN_STARTED:
         where = events.segments[0].path
@@ -184,7 +168,7 @@ def scan_run(run_dir: Path, *, locked: bool = False) -> RecoveryPlan:
         manifest = read_manifest(run_dir)
     except ManifestError as exc:
         raise RecoveryError(f"{run_dir}: manifest unreadable, run left as it is: {exc}") from None
-    if manifest.status is not RunStatus.RUNNING:
+    if manifest.status not in RECOVERABLE:
         # Settled already (by seal() or an earlier recovery): the plan keeps it as it is.
         return RecoveryPlan(
             str(run_dir), manifest.status, None, manifest.status, manifest.high_watermark,
@@ -195,7 +179,7 @@ def scan_run(run_dir: Path, *, locked: bool = False) -> RecoveryPlan:
     markers = scan_stream(run_dir, "markers", deep=True)
     outcome, damage = classify(events)
     last = events.last_entry
-    recorded = [("events", f) for f in events.findings if f.kind in NOT_DAMAGE]
+    recorded = [("events", f) for f in events.findings if f.kind in NOT_DAMAGE_IN_RECOVERY]
     recorded += [("events", f) for f in damage]
     recorded += [("markers", f) for f in markers.findings] + _leftovers(run_dir)
     cuts = () if outcome is Outcome.DAMAGED else tuple(filter(None, (_cut(events), _cut(markers))))
@@ -203,7 +187,7 @@ def scan_run(run_dir: Path, *, locked: bool = False) -> RecoveryPlan:
         run_dir=str(run_dir),
         current=manifest.status,
         outcome=outcome,
-        status=VERDICTS[outcome],
+        status=RECOVERY_VERDICTS[outcome],
         high_watermark=events.last_seq or 0,
         end_ts_init=None if last is None else last.ts_init,
         marker_high_watermark=markers.last_seq or 0,

@@ -49,7 +49,7 @@ from ringtape.storage.run.layout import (
 )
 from ringtape.storage.run.lock import writer_alive
 from ringtape.storage.run.manifest import ManifestError, read_manifest, write_manifest
-from ringtape.storage.run.status import RunStatus
+from ringtape.storage.run.status import RunStatus, retention_keeps
 
 log = logging.getLogger("ringtape.retention")
 
@@ -180,15 +180,7 @@ def describe_instance(instance_dir: Path) -> list[RunInfo]:
 
 
 def _protected(run: RunInfo, live_parents: set[str]) -> str | None:
-    if run.status is None:
-        return "manifest unreadable"
-    if run.live or run.status is RunStatus.RUNNING:
-        return "running"
-    if run.status is RunStatus.QUARANTINED:
-        return "quarantined: kept as evidence"
-    if run.run_id in live_parents:
-        return "parent of a running run"
-    return None
+    return retention_keeps(run.status, run.live, run.run_id in live_parents)
 
 
 def plan_retention(runs: list[RunInfo], mode: str, keep_last: int | None = None) -> RetentionPlan:

@@ -11,8 +11,9 @@ import argparse
 import json
 import sys
 
-from ringtape.storage.check.findings import INFORMATIONAL, KINDS, Finding, Kind
+from ringtape.storage.check.findings import KINDS, Finding, Kind
 from ringtape.storage.check.verify import RunSummary, VerifyReport, verify_path
+from ringtape.storage.run.status import INFORMATIONAL
 from ringtape.tools.arguments import EXIT_FINDINGS, EXIT_OK
 from ringtape.tools.common import (
     CliError,
