@@ -51,7 +51,7 @@ from ringtape.capture.marker_ring import (
 )
 from ringtape.capture.marker_sidecar import SidecarArgs, spawn_sidecar
 from ringtape.capture.shm import SharedRegion, unlink_name
-from ringtape.storage.check.scan import scan_stream
+from ringtape.storage.check.stream import scan_stream
 from ringtape.storage.format.markers import (
     GAP_WRITER_CLOSED,
     MARKER_STREAM,

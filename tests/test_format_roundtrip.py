@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ringtape.storage.check.scan import scan_stream
+from ringtape.storage.check.stream import scan_stream
 from ringtape.storage.format.entry import Entry, encode_entry
 from ringtape.storage.format.frame import STREAM_EVENTS
 from ringtape.storage.read.reader import iter_entries

@@ -12,7 +12,8 @@ import pytest
 from conftest import INSTANCE, make_run, records, write_stream
 
 from ringtape.storage.check.findings import Kind
-from ringtape.storage.check.scan import SegmentScan, scan_segment, scan_stream
+from ringtape.storage.check.scan import SegmentScan, scan_segment
+from ringtape.storage.check.stream import scan_stream
 from ringtape.storage.format.entry import TOPIC_SNAPSHOT_ANCHOR, encode_entry
 from ringtape.storage.format.frame import (
     CODEC_NONE,

@@ -32,13 +32,8 @@ from typing import Any, Final
 from ringtape.storage.check.anchors import check_anchors
 from ringtape.storage.check.findings import Finding, Kind
 from ringtape.storage.check.markers import check_markers
-from ringtape.storage.check.scan import (
-    SegmentScan,
-    StreamScan,
-    check_stream,
-    header_mismatch,
-    scan_segment,
-)
+from ringtape.storage.check.scan import SegmentScan, scan_segment
+from ringtape.storage.check.stream import StreamScan, check_stream, header_mismatch
 from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED
 from ringtape.storage.format.frame import STREAM_NAMES
 from ringtape.storage.run.layout import (

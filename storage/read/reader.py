@@ -24,15 +24,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ringtape.storage.check.findings import Finding, Kind
-from ringtape.storage.check.scan import (
-    Broken,
-    RecordBatch,
-    SegmentFile,
-    Torn,
-    link_finding,
-    next_frame,
-    read_segment_header,
-)
+from ringtape.storage.check.records import RecordBatch
+from ringtape.storage.check.scan import link_finding
 from ringtape.storage.format.entry import Entry, EntryError, decode_checked, decode_entry
 from ringtape.storage.format.frame import (
     SEGMENT_HEADER_SIZE,
@@ -44,6 +37,8 @@ from ringtape.storage.format.frame import (
 from ringtape.storage.run.layout import SEGMENT_RE, is_run_id, list_segments
 from ringtape.storage.run.manifest import Manifest, ManifestError, read_manifest
 from ringtape.storage.run.status import RunStatus
+from ringtape.storage.segment.file import SegmentFile
+from ringtape.storage.segment.walk import Broken, Torn, next_frame, read_segment_header
 
 
 class CorruptionError(Exception):

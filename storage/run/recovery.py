@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ringtape.storage.check.findings import Finding, Kind
-from ringtape.storage.check.scan import StreamScan, scan_stream
+from ringtape.storage.check.stream import StreamScan, scan_stream
 from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED
 from ringtape.storage.run.layout import (
     LOCK_NAME,

@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from ringtape.storage.check.scan import Broken, SegmentFile, Torn, next_frame, read_segment_header
 from ringtape.storage.check.verify import find_runs
 from ringtape.storage.format.frame import SEGMENT_HEADER_SIZE
 from ringtape.storage.format.markers import iter_marker_entries
 from ringtape.storage.run.layout import MARKER_LOCK_NAME, SEGMENT_RE, list_segments
 from ringtape.storage.run.lock import writer_alive
 from ringtape.storage.run.manifest import ManifestError, read_manifest
+from ringtape.storage.segment.file import SegmentFile
+from ringtape.storage.segment.walk import Broken, Torn, next_frame, read_segment_header
 from ringtape.tools.arguments import EXIT_OK
 from ringtape.tools.common import (
     CliError,

@@ -1,0 +1,180 @@
+"""One step of the walk through a segment: a whole frame, a torn tail, or damage.
+
+Rules of this module:
+
+1. The rules that tell a torn tail from damage live here, in :func:`next_frame` and
+   :func:`read_segment_header`, and nowhere else; ``FORMAT.md`` ("Torn tail or damage") states
+   them for other implementations.
+2. It only reads, and only through a :class:`~ringtape.storage.segment.file.SegmentFile`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+
+from ringtape.storage.format.frame import (
+    FRAME_HEADER_SIZE,
+    FRAME_MAGIC,
+    SEGMENT_HEADER_SIZE,
+    SEGMENT_MAGIC,
+    ChecksumError,
+    FormatError,
+    FrameHeader,
+    SegmentHeader,
+    checksum,
+    decode_frame_header,
+    decode_segment_header,
+)
+from ringtape.storage.segment.file import WINDOW, SegmentFile
+
+# A frame whose data fails its checksum is a torn append rather than damage only when the file
+# ends in at least this many zero bytes reaching into the frame (see FORMAT.md): a flipped byte
+# cannot make a run this long in a frame, a zero-filled block after a crash does.
+MIN_ZERO_TAIL: Final = 64
+
+
+class FrameAt(NamedTuple):
+    """A frame whose header checks out; ``data_ok`` says whether its stored bytes do too."""
+
+    offset: int
+    header: FrameHeader
+    raw_header: bytes
+    stored: memoryview
+    data_ok: bool
+
+
+class Torn(NamedTuple):
+    """The file ends inside an append that never completed, starting at ``offset``."""
+
+    offset: int
+    header: FrameHeader | None
+    detail: str
+
+
+class Broken(NamedTuple):
+    """Bytes at ``offset`` that are neither a frame nor a torn tail: damage."""
+
+    offset: int
+    detail: str
+
+
+Step = FrameAt | Torn | Broken
+
+
+def _plausible_prefix(data: bytes | memoryview, magic: bytes, zero_spans: Sequence[slice]) -> bool:
+    """Could ``data`` be the start of a header that was cut short? (magic, zero fields)."""
+    head = bytes(data[: len(magic)])
+    if head != magic[: len(head)]:
+        return False
+    return not any(any(data[s]) for s in zero_spans)
+
+
+# Fields of a frame header that are fixed whatever the frame: flags, reserved u16, reserved u32.
+_FRAME_ZERO_FIELDS: Final = (slice(5, 8), slice(20, 24))
+
+
+def next_frame(f: SegmentFile, pos: int, *, skip_before: int = 0) -> Step | None:
+    """Read the frame at ``pos``: ``None`` at a clean end of file, else what is there.
+
+    A frame whose seqs all lie before ``skip_before`` is returned on its header alone, its
+    stored bytes neither read nor checked (``stored`` empty): a reader skipping ahead.
+
+    Torn (an append cut short by a crash) when, from ``pos``:
+      * the bytes up to where the file's trailing zeros begin are fewer than a frame header
+        and could be the start of one (magic, zero reserved fields) — this includes an
+        all-zero remainder and a header cut short by the end of the file;
+      * or the header checks out but the frame it describes runs past the end of the file;
+      * or the header checks out, the stored bytes fail their checksum, and the file ends in at
+        least ``MIN_ZERO_TAIL`` zero bytes that reach into the frame (a zero-filled block).
+    Anything else that is not a whole, checking frame is damage (``Broken`` or a ``FrameAt``
+    with ``data_ok`` false).
+    """
+    rest = f.size - pos
+    if rest <= 0:
+        return None
+    view = f.read(pos, FRAME_HEADER_SIZE)
+    header: FrameHeader | None = None
+    reason = f"only {len(view)} bytes left for a frame header"
+    if len(view) == FRAME_HEADER_SIZE:
+        try:
+            header = decode_frame_header(view)
+        except ChecksumError as exc:
+            reason = str(exc)
+        except FormatError as exc:  # checksum fine, fields impossible: written that way
+            return Broken(pos, f"frame header: {exc}")
+    if header is None:
+        written = max(0, f.zero_tail_start() - pos)
+        if written < FRAME_HEADER_SIZE and _plausible_prefix(
+            view[:written], FRAME_MAGIC, _FRAME_ZERO_FIELDS
+        ):
+            if written == 0:
+                return Torn(pos, None, f"{rest} zero bytes to the end of the file")
+            return Torn(
+                pos, None, f"{written} bytes of a frame header, then {rest - written} zero bytes"
+            )
+        return Broken(pos, f"frame header: {reason}")
+    raw_header = bytes(view)
+    end = pos + header.size
+    if end > f.size:
+        return Torn(
+            pos,
+            header,
+            f"frame of {header.size} bytes runs {end - f.size} bytes past the end of the file",
+        )
+    if header.last_seq < skip_before:
+        return FrameAt(pos, header, raw_header, memoryview(b""), True)
+    stored = f.read(pos + FRAME_HEADER_SIZE, header.stored_len)
+    if checksum(stored) == header.data_checksum:
+        return FrameAt(pos, header, raw_header, stored, True)
+    zeros = f.zero_tail_start()
+    if zeros < end and f.size - zeros >= MIN_ZERO_TAIL:
+        return Torn(
+            pos,
+            header,
+            f"stored bytes fail their checksum and the file is zero from offset {zeros}",
+        )
+    return FrameAt(pos, header, raw_header, stored, False)
+
+
+def read_segment_header(f: SegmentFile) -> SegmentHeader | Torn | Broken:
+    """The segment header at offset 0, or why there is none.
+
+    Torn when the file holds no more than the start of a segment header (magic so far) followed
+    by nothing or by zero bytes: a segment created just before a crash.
+    """
+    view = f.read(0, SEGMENT_HEADER_SIZE)
+    reason = f"only {len(view)} bytes, a segment header needs {SEGMENT_HEADER_SIZE}"
+    if len(view) == SEGMENT_HEADER_SIZE:
+        try:
+            return decode_segment_header(view)
+        except ChecksumError as exc:
+            reason = str(exc)
+        except FormatError as exc:  # checksum fine, fields unsupported or impossible
+            return Broken(0, f"segment header: {exc}")
+    written = min(f.zero_tail_start(), len(view))
+    if written < SEGMENT_HEADER_SIZE and _plausible_prefix(view[:written], SEGMENT_MAGIC, ()):
+        return Torn(
+            0,
+            None,
+            f"the file holds {written} bytes of a segment header and {f.size - written} zero bytes",
+        )
+    return Broken(0, f"segment header: {reason}")
+
+
+def resync(f: SegmentFile, start: int) -> tuple[int, FrameHeader] | None:
+    """The first offset at or after ``start`` holding a frame header that checks out."""
+    pos = start
+    while pos + FRAME_HEADER_SIZE <= f.size:
+        chunk = bytes(f.read(pos, WINDOW + FRAME_HEADER_SIZE))
+        i = chunk.find(FRAME_MAGIC)
+        limit = len(chunk) - FRAME_HEADER_SIZE
+        while 0 <= i <= limit:
+            try:
+                return pos + i, decode_frame_header(chunk, i)
+            except FormatError:
+                i = chunk.find(FRAME_MAGIC, i + 1)
+        if limit < 0 or pos + len(chunk) >= f.size:
+            return None
+        pos += limit + 1
+    return None
