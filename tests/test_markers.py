@@ -17,6 +17,7 @@ from ringtape.capture.marker_ring import MarkerGeometry, MarkerRingReader, Marke
 from ringtape.capture.markers import MarkerLane
 from ringtape.capture.shm import SharedRegion, unlink_name
 from ringtape.storage.check.findings import Kind
+from ringtape.storage.check.markers import check_marker_stream, check_records
 from ringtape.storage.format.entry import Entry, decode_entry
 from ringtape.storage.format.markers import (
     CURSOR_HEAD,
@@ -31,22 +32,17 @@ from ringtape.storage.format.markers import (
     Cursor,
     CursorSnapshot,
     HiFiMarker,
-    LocatedEntry,
     MarkerFormatError,
     MarkerGap,
     StreamDef,
-    check_marker_stream,
-    check_records,
     decode_marker,
     encode_cursor,
     encode_gap,
     encode_hifi,
     encode_stream,
     fingerprint,
-    fold_records,
-    fold_to,
-    iter_marker_records,
 )
+from ringtape.storage.read.markers import LocatedEntry, fold_records, fold_to, iter_marker_records
 from ringtape.storage.run.layout import RunPaths
 
 CLASSES = DataMarkerClass.all()

@@ -31,6 +31,7 @@ from ringtape.capture.config import (
 )
 from ringtape.capture.markers import MarkerLane
 from ringtape.capture.store import EventStore
+from ringtape.storage.check.markers import check_marker_stream
 from ringtape.storage.check.verify import verify_path
 from ringtape.storage.format.entry import TOPIC_RUN_ENDED
 from ringtape.storage.format.markers import (
@@ -43,12 +44,10 @@ from ringtape.storage.format.markers import (
     HiFiMarker,
     MarkerGap,
     StreamDef,
-    check_marker_stream,
     decode_gap,
     fingerprint,
-    fold_to,
-    iter_markers,
 )
+from ringtape.storage.read.markers import fold_to, iter_markers
 from ringtape.storage.run.layout import list_segments
 from ringtape.storage.run.manifest import read_manifest
 from ringtape.storage.run.recovery import recover_run

@@ -61,7 +61,9 @@ from ringtape.capture.marker_ring import MarkerGeometry, MarkerRingReader, Marke
 from ringtape.capture.markers import MarkerLane
 from ringtape.capture.shm import SharedRegion, unlink_name
 from ringtape.capture.store import EventStore
-from ringtape.storage.format.markers import TOPIC_HIFI, MarkerGap, check_marker_stream, iter_markers
+from ringtape.storage.check.markers import check_marker_stream
+from ringtape.storage.format.markers import TOPIC_HIFI, MarkerGap
+from ringtape.storage.read.markers import iter_markers
 from ringtape.storage.run.manifest import read_manifest
 
 SCHEMA: Final = "ringtape-bench-markers/1"

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from ringtape.storage.format import markers as marker_format
 from ringtape.storage.format.entry import Entry
+from ringtape.storage.read.markers import iter_marker_records
 from ringtape.storage.read.reader import CorruptionError, iter_entries
 from ringtape.storage.run.layout import MANIFEST_NAME, list_segments
 from ringtape.storage.run.manifest import ManifestError, read_manifest
@@ -90,12 +90,7 @@ def _entries(run_dir: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]
 
 
 def _markers(run_dir: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    records = getattr(marker_format, "iter_marker_records", None)
-    if records is None:
-        raise CliError(
-            "this build cannot decode marker records (storage/format/markers.py is incomplete)"
-        )
-    for rec in records(run_dir):
+    for rec in iter_marker_records(run_dir):
         seq = int(rec.get("marker_seq", 0))
         if args.from_seq is not None and seq < args.from_seq:
             continue

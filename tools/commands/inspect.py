@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from ringtape.storage.check.verify import find_runs
 from ringtape.storage.format.frame import SEGMENT_HEADER_SIZE
-from ringtape.storage.format.markers import iter_marker_entries
+from ringtape.storage.read.markers import iter_marker_entries
 from ringtape.storage.run.layout import MARKER_LOCK_NAME, SEGMENT_RE, list_segments
 from ringtape.storage.run.lock import writer_alive
 from ringtape.storage.run.manifest import ManifestError, read_manifest
