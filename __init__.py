@@ -34,6 +34,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "EventStore": "ringtape.capture.store",
     "EventStoreConfig": "ringtape.capture.config",
     "EventStoreError": "ringtape.capture.errors",
+    "WrongThread": "ringtape.capture.errors",
     "HaltReason": "ringtape.capture.errors",
     "RegisteredComponents": "ringtape.capture.config",
     "ReplayError": "ringtape.capture.errors",
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         RunStartedTimeout as RunStartedTimeout,
         StoreHalted as StoreHalted,
         StoreNotOpen as StoreNotOpen,
+        WrongThread as WrongThread,
     )
     from ringtape.capture.store import (
         Clock as Clock,

@@ -8,7 +8,8 @@ child bootstrap (``capture/child.py``) serves the writer and the sidecar::
           1 SLOTS             ring slots (a power of two)
           2 SIZE              ring bytes (entry ring) or record capacity (marker ring)
           3 PRODUCER_PID      the kernel
-          4 CONSUMER_SLEEPING 1 while the child sleeps on its doorbell (the producer rings then)
+          4 WAKE_SEQ          the seq at which the sleeping child wants its doorbell rung
+                              (WAKE_NEVER while it is awake)
     word  8..15   the producer's line (the kernel writes, the child reads)
           8 CLOSE_REQUEST     non-zero: finish and exit (what it means is the ring's)
           9..15               the ring's own producer words
@@ -22,9 +23,12 @@ child bootstrap (``capture/child.py``) serves the writer and the sidecar::
          17, 19, 24..31       the ring's own consumer words
     word 32..63   ERROR_TEXT: why the child failed, NUL-padded UTF-8
 
-CONSUMER_SLEEPING is read by the producer on every append, and written by the child only when
-it goes to sleep or wakes: it shares the first line with words nobody writes after start-up,
-not the consumer line that every take rewrites (that would cost the producer a cache miss).
+WAKE_SEQ is read by the producer on every append, and written by the child only when it goes
+to sleep or wakes: it shares the first line with words nobody writes after start-up, not the
+consumer line that every take rewrites (that would cost the producer a cache miss). The
+producer rings once per value (it remembers the last value it rang for), and the value moves on
+whenever the child has taken what it was woken for, so a burst after an idle spell costs one
+doorbell, not one per append.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ MAGIC: Final = 0
 SLOTS: Final = 1
 SIZE: Final = 2
 PRODUCER_PID: Final = 3
-CONSUMER_SLEEPING: Final = 4
+WAKE_SEQ: Final = 4
+WAKE_NEVER: Final = (1 << 64) - 1
 CLOSE_REQUEST: Final = 8
 READ_SEQ: Final = 16
 DURABLE: Final = 18
@@ -64,6 +69,7 @@ class ControlBlock:
 
     def init(self, magic: int, slots: int, size: int, producer_pid: int) -> None:
         """The producer's start-up writes; ``MAGIC`` last, once the rest is in place."""
+        self.words[WAKE_SEQ] = WAKE_NEVER
         self.words[SLOTS] = slots
         self.words[SIZE] = size
         self.words[PRODUCER_PID] = producer_pid

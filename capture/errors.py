@@ -62,6 +62,10 @@ class RunStartedTimeout(EventStoreError):
     """``RunStarted`` was not durable within ``run_started_timeout``."""
 
 
+class WrongThread(EventStoreError):
+    """A call from a thread other than the store's producer thread; nothing was written."""
+
+
 class EntryTooLarge(EventStoreError, ValueError):
     """An entry larger than the ring (or the format) accepts; nothing was written."""
 

@@ -33,7 +33,8 @@ import numpy.typing as npt
 from ringtape.capture import control
 
 # Control block words (capture/control.py has the layout both rings share).
-CONSUMER_SLEEPING: Final = control.CONSUMER_SLEEPING
+WAKE_SEQ: Final = control.WAKE_SEQ  # a marker-ring rseq here
+WAKE_NEVER: Final = control.WAKE_NEVER
 # producer line
 CLOSE_REQUEST: Final = (
     control.CLOSE_REQUEST

@@ -43,7 +43,6 @@ from ringtape.capture.doorbell import DoorbellListener
 from ringtape.capture.marker_fold import MarkerFolder
 from ringtape.capture.marker_ring import (
     CLOSE_REQUEST,
-    CONSUMER_SLEEPING,
     DURABLE_MARKER_SEQ,
     DURABLE_OBS,
     FINAL_OBS,
@@ -51,6 +50,8 @@ from ringtape.capture.marker_ring import (
     GAP_OBSERVATIONS,
     GAP_RECORDS,
     SIDECAR_STATE,
+    WAKE_NEVER,
+    WAKE_SEQ,
     MarkerGeometry,
     MarkerRingReader,
     MarkerViews,
@@ -224,11 +225,11 @@ class SidecarLoop:
         if d is not None:
             # At least a nap: a commit that waits for the syncer must not make this a spin.
             timeout = min(timeout, max(NAP_S, d - time.monotonic()))
-        ctrl[CONSUMER_SLEEPING] = 1
-        # Re-check after announcing sleep: a record published just before would get no bell.
+        ctrl[WAKE_SEQ] = self.ring.read + 1
+        # Re-check after asking for a bell: a record published just before would ring none.
         if not self.ring.has_next() and not ctrl[CLOSE_REQUEST]:
             self.doorbell.wait(timeout)
-        ctrl[CONSUMER_SLEEPING] = 0
+        ctrl[WAKE_SEQ] = WAKE_NEVER
 
     def parent_gone(self) -> bool:
         return self.stop_requested or os.getppid() != self.args.parent_pid

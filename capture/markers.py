@@ -29,9 +29,9 @@ from typing import Any, Final, Protocol
 from ringtape.capture.config import DataMarkerClass, DataMarkerConfig
 from ringtape.capture.control import STATE_CLOSED, STATE_STARTING
 from ringtape.capture.doorbell import Doorbell, new_address
+from ringtape.capture.errors import WrongThread
 from ringtape.capture.marker_ring import (
     CLOSE_REQUEST,
-    CONSUMER_SLEEPING,
     DURABLE_MARKER_SEQ,
     DURABLE_OBS,
     FINAL_OBS,
@@ -46,6 +46,7 @@ from ringtape.capture.marker_ring import (
     RECORD,
     RECORD_SIZE,
     SIDECAR_STATE,
+    WAKE_SEQ,
     MarkerGeometry,
     MarkerViews,
 )
@@ -70,9 +71,25 @@ MAX_GAP_RANGES: Final = 1024
 
 
 class EntrySeq(Protocol):
-    """What the lane reads on every observation: the entry stream's last appended seq."""
+    """What the lane reads on every observation: the entry stream's last appended seq, and the
+    thread that may produce (``capture/producer.py``)."""
 
-    _seq: int
+    seq: int
+    owner: int
+
+    def wrong_thread(self) -> Exception: ...
+
+
+class EntryCursor:
+    """An entry stream position for a lane driven without a store (benchmarks, tests): the
+    calling thread produces, and ``seq`` is whatever the driver sets."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.owner = threading.get_ident()
+
+    def wrong_thread(self) -> Exception:
+        return WrongThread(f"this lane is driven by thread {self.owner}")
 
 
 @dataclass
@@ -115,6 +132,7 @@ class MarkerLane:
 
     def _reset(self) -> None:
         self._obs = 0
+        self._rang = 0  # the WAKE_SEQ value the doorbell was last rung for
         self._rseq = 0
         self._limit = -1  # forces the slow path, which drops, until started
         self._smask = self._geometry.slots - 1
@@ -393,7 +411,7 @@ class MarkerLane:
             self._failure_from,
             None,
             GAP_WRITER_CLOSED,
-            self._entries._seq,
+            self._entries.seq,
             marker_high_watermark=self._durable_marker_seq,
             detail=self._failure_detail,
         )
@@ -411,6 +429,9 @@ class MarkerLane:
         table = self._enabled.get(data_class)
         if table is None:
             return  # class not enabled (or no run open)
+        entries = self._entries
+        if threading.get_ident() != entries.owner:
+            raise entries.wrong_thread()
         stream = table.get(instrument_id)
         obs = self._obs + 1
         if stream is None:  # a new stream (raises for a bad id before numbering anything)
@@ -426,14 +447,16 @@ class MarkerLane:
             (rseq & self._smask) * RECORD_SIZE,
             ts_event,
             ts_init,
-            self._entries._seq,
+            entries.seq,
             obs,
             stream,
             KIND_OBS,
             rseq,
         )
         self._rseq = rseq
-        if self._ctrl[CONSUMER_SLEEPING]:
+        wake = self._ctrl[WAKE_SEQ]
+        if rseq >= wake and wake != self._rang:
+            self._rang = wake
             self._bell()
 
     def _room(self, last_rseq: int, obs: int) -> bool:
@@ -477,7 +500,7 @@ class MarkerLane:
             rseq += 1
         code = CLASS_CODES[self._class_of[data_class]]
         off = (rseq & self._smask) * RECORD_SIZE
-        self._pack(data, off, code, len(name), self._entries._seq, 0, stream, KIND_STREAM, rseq)
+        self._pack(data, off, code, len(name), self._entries.seq, 0, stream, KIND_STREAM, rseq)
         self._rseq = rseq
         self._streams = stream + 1
         table[instrument_id] = stream

@@ -22,7 +22,8 @@ that fails is the frontier; it is simply looked at again on the next poll. The c
 returns ``READ_SEQ``/``READ_POS`` to free space.
 
 The producer makes no system call on the hot path: the one exception is the doorbell, rung only
-when the consumer has said (``CONSUMER_SLEEPING``) that it is asleep.
+when the consumer sleeps and has asked to be woken at a seq the producer reached
+(``WAKE_SEQ``), once per sleep.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from ringtape.storage.format.entry import ENTRY_HEADER_SIZE
 
 # Control block words (capture/control.py has the layout both rings share).
 MAGIC: Final = control.MAGIC
-CONSUMER_SLEEPING: Final = control.CONSUMER_SLEEPING
+WAKE_SEQ: Final = control.WAKE_SEQ
+WAKE_NEVER: Final = control.WAKE_NEVER
 # producer line
 CLOSE_REQUEST: Final = control.CLOSE_REQUEST  # seq of the last entry to make durable, then exit
 # consumer line

@@ -1,25 +1,35 @@
-"""``EventStore``: the kernel-facing store (the ``KernelEventStore`` seam) and its hot path.
+"""``EventStore``: the kernel-facing store (the ``KernelEventStore`` seam).
 
 Lifecycle: ``EventStore(config)`` (boot) → ``restore_parent_cache`` → ``open`` → ``append``… →
 ``seal``. ``open`` creates the run directory and manifest, the shared-memory ring and the writer
-process, appends ``RunStarted`` (seq 1) and returns once it is durable. ``seal`` appends
-``RunEnded``, waits until it is durable, marks the manifest ``ended`` and frees everything.
+process (``capture/session.py``), appends ``RunStarted`` (seq 1) and returns once it is durable.
+``seal`` appends ``RunEnded``, waits until it is durable, marks the manifest ``ended`` and frees
+everything. The hot path is ``capture/producer.py``'s; ``append`` is bound to it directly.
+
+Threads: by default one thread produces, the one that called ``open()``; ``append``,
+``append_linked``, ``observe_data``, the anchorer and ``seal`` from any other thread raise
+``WrongThread`` and write nothing. ``seal`` is allowed from any thread once the store has halted
+(it then only releases) or once the producer thread has ended (nothing can race it then).
+``StoreOptions(producers="threads")`` serialises all of them with a lock instead, for kernels
+that append from several threads.
 
 Halt policy: the store is fail-stop. When the ring stays full past ``halt_threshold``, when the
 writer dies, or when the disk fails, the store halts: ``append`` raises :class:`StoreHalted`
 from then on and ``on_halt(reason)`` is called once (from the appending thread for a stall, from
-the store's monitor thread otherwise). The recommended kernel policy is to stop trading on
-``on_halt`` — cancel open orders, refuse new ones — because from that moment decisions are no
-longer recorded. The halted run stays ``running``; the next boot's recovery sweep seals it.
+the store's monitor thread otherwise). The reason is the cause, whatever noticed it first: a
+writer that died or failed while the ring was full is ``WriterDied``/``BackendDisk``, not a
+stall. The recommended kernel policy is to stop trading on ``on_halt`` — cancel open orders,
+refuse new ones — because from that moment decisions are no longer recorded. The halted run stays
+``running``; the next boot's recovery sweep seals it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
-import struct
 import subprocess
 import threading
 import time
@@ -27,7 +37,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Final, Protocol, TypeVar
 
 from ringtape.capture.cache import Cache
 from ringtape.capture.config import (
@@ -36,12 +46,8 @@ from ringtape.capture.config import (
     EventStoreConfig,
     RegisteredComponents,
 )
-from ringtape.capture.control import STATE_FAILED
-from ringtape.capture.doorbell import Doorbell, new_address
 from ringtape.capture.errors import (
-    DISK_ERRNOS,
     AnchorRefused,
-    EntryTooLarge,
     HaltReason,
     ReplayError,
     RunStartedTimeout,
@@ -51,26 +57,14 @@ from ringtape.capture.errors import (
 from ringtape.capture.faults import FaultPlan
 from ringtape.capture.liveness import owner_alive, process_created
 from ringtape.capture.markers import MarkerLane
+from ringtape.capture.producer import Producer
 from ringtape.capture.retention_supervisor import spawn_supervisor
-from ringtape.capture.ring import (
-    CLOSE_REQUEST,
-    CONSUMER_SLEEPING,
-    DURABLE_SEQ,
-    READ_POS,
-    READ_SEQ,
-    WRITER_ERRNO,
-    WRITER_STATE,
-    RingGeometry,
-    RingViews,
-)
-from ringtape.capture.shm import SharedRegion, remove_orphans, unlink_name
-from ringtape.capture.writer import WriterArgs, spawn_writer
+from ringtape.capture.ring import RingGeometry
+from ringtape.capture.session import Session, stop_process
+from ringtape.capture.shm import remove_orphans
+from ringtape.capture.wait import WAIT_STRATEGIES
+from ringtape.capture.writer import WriterArgs
 from ringtape.storage.format.entry import (
-    ENTRY_HEADER,
-    ENTRY_HEADER_SIZE,
-    MAX_PAYLOAD_LEN,
-    MAX_PAYLOAD_TYPE_LEN,
-    MAX_TOPIC_LEN,
     TOPIC_RUN_ENDED,
     TOPIC_RUN_STARTED,
     TOPIC_SNAPSHOT_ANCHOR,
@@ -88,11 +82,8 @@ from ringtape.storage.segment.writer import DEFAULT_SEGMENT_BYTES
 
 log = logging.getLogger("ringtape.store")
 
-_ENCODER_CACHE_LIMIT = 16384
-_DURABLE_POLL_S = 0.0005
-
-# (pack_into, record size, first 16 header bytes, topic + payload_type bytes)
-_Encoder: TypeAlias = tuple[Callable[..., None], int, bytes, bytes]
+PRODUCER_MODES: Final = ("single", "threads")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Clock(Protocol):
@@ -118,6 +109,24 @@ class StoreOptions:
     # Start the retention supervisor process with the run, passing over the instance this
     # often (None: no supervisor; run `ringtape prune` instead). Ignored for RetentionMode Full.
     retention_interval_s: float | None = None
+    # "single": one producer thread (the one that called open()); "threads": serialise several.
+    producers: str = "single"
+    # How the writer idles (a name in capture.wait.WAIT_STRATEGIES; benchmarks swap it).
+    writer_wait: str = "backoff"
+
+    def __post_init__(self) -> None:
+        if self.producers not in PRODUCER_MODES:
+            raise ValueError(f"producers: {self.producers!r} is not one of {PRODUCER_MODES}")
+        if self.writer_wait not in WAIT_STRATEGIES:
+            raise ValueError(
+                f"writer_wait: {self.writer_wait!r} is not one of {sorted(WAIT_STRATEGIES)}"
+            )
+        if self.compression_level not in range(1, 23):
+            raise ValueError(f"compression_level: {self.compression_level} is not in 1..22")
+        if self.segment_max_bytes < 4096:
+            raise ValueError(f"segment_max_bytes: {self.segment_max_bytes} is under 4096")
+        if not self.seal_timeout_s > 0:
+            raise ValueError(f"seal_timeout_s: {self.seal_timeout_s} is not positive")
 
 
 def _as_uuid(value: uuid.UUID | str, name: str) -> uuid.UUID:
@@ -127,44 +136,12 @@ def _as_uuid(value: uuid.UUID | str, name: str) -> uuid.UUID:
         raise ValueError(f"{name}: {value!r} is not a UUID") from None
 
 
-class _Session:
-    """Everything that exists only while a run is open."""
-
-    def __init__(
-        self,
-        paths: RunPaths,
-        manifest: Manifest,
-        region: SharedRegion,
-        views: RingViews,
-        process: subprocess.Popen[bytes],
-        doorbell: Doorbell,
-        lock: WriterLock,
-    ) -> None:
-        self.paths = paths
-        self.lock = lock
-        self.manifest = manifest
-        self.region = region
-        self.views = views
-        self.process = process
-        self.doorbell = doorbell
-        self.monitor: threading.Thread | None = None
-
-
 class EventStore:
     """The run-lifecycle event store a trading kernel writes through.
 
-    ``EventStore(config, instance_id=None, clock=None)``; the instance id is a UUID4 (or its
-    string) and the clock any object with ``timestamp_ns()``.
+    ``EventStore(config, instance_id=None, clock=None, options=None)``; the instance id is a
+    UUID (or its string) and the clock any object with ``timestamp_ns()``.
     """
-
-    # Producer state, read on every append.
-    _ring_bytes: int
-    _rmask: int
-    _smask: int
-    _seq: int
-    _pos: int
-    _fast_limit: int
-    _seq_limit: int
 
     def __init__(
         self,
@@ -182,8 +159,8 @@ class EventStore:
         self._clock: Clock = clock or SystemClock()
         self._now = self._clock.timestamp_ns
         self._geometry = RingGeometry.for_capacity(config.channel_capacity)
-        self._session: _Session | None = None
-        self._lock = threading.Lock()
+        self._session: Session | None = None
+        self._lock = threading.Lock()  # guards the session and the halt state
         self._halt_reason: HaltReason | None = None
         self._halted = False
         self._open = False
@@ -192,19 +169,51 @@ class EventStore:
         self._final_durable = 0
         self._last_anchor = 0
         self._supervisor: subprocess.Popen[bytes] | None = None
+        self._threshold_s = config.halt_threshold.total_seconds()
+        self._producer = Producer(self._geometry, self._now, self, self._threshold_s)
         self._markers: MarkerLane | None = None
         if config.data_markers is not None:
             # One lane for the store's life, started per run: a kernel may keep the bound
-            # ``observe_data`` across runs. Binding the lane's method saves a call per message.
-            self._markers = MarkerLane(config.data_markers, self, self._append_marker_failure)
-            self.observe_data = self._markers.observe  # type: ignore[method-assign]
+            # ``observe_data`` across runs.
+            self._markers = MarkerLane(
+                config.data_markers, self._producer, self._append_marker_failure
+            )
+        self._bind_hot_path()
         self._swept: set[uuid.UUID] = set()
         self.last_sweep: SweepReport | None = None
         self.last_replay: ReplayResult | None = None
-        self._reset_producer()
         remove_orphans()
         if self._instance_id is not None:
             self._boot_sweep(self._instance_id)
+
+    def _bind_hot_path(self) -> None:
+        """Bind ``append`` (and ``observe_data``) to the producer's and the lane's own methods:
+        a call less per entry. With several producer threads each goes through one lock."""
+        producer = self._producer
+        observe = self._markers.observe if self._markers is not None else None
+        if self.options.producers == "single":
+            self.append = producer.append  # type: ignore[method-assign]
+            if observe is not None:
+                self.observe_data = observe  # type: ignore[method-assign]
+            return
+        self._producer_lock = threading.RLock()
+        self.append = self._serialised(producer.append)  # type: ignore[method-assign]
+        self.append_linked = self._serialised(self.append_linked)  # type: ignore[method-assign]
+        if observe is not None:
+            self.observe_data = self._serialised(observe)  # type: ignore[method-assign]
+
+    def _serialised(self, call: F) -> F:
+        lock = self._producer_lock
+        producer = self._producer
+        get_ident = threading.get_ident
+
+        @functools.wraps(call)
+        def serialised(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                producer.owner = get_ident()
+                return call(*args, **kwargs)
+
+        return serialised  # type: ignore[return-value]
 
     # -- the seam -------------------------------------------------------------------------
 
@@ -311,7 +320,7 @@ class EventStore:
             raise
         try:
             started = time.monotonic()
-            self.append(TOPIC_RUN_STARTED, payload, payload_type="json", ts_init=start_ts)
+            self._producer.append(TOPIC_RUN_STARTED, payload, payload_type="json", ts_init=start_ts)
             timeout = self.config.run_started_timeout.total_seconds()
             if not self._wait_durable(1, timeout):
                 raise RunStartedTimeout(
@@ -337,38 +346,39 @@ class EventStore:
     ) -> int:
         """Append one entry; returns its seq. No system call, no lock, no wait unless full.
 
-        Raises ``StoreHalted`` after a halt, ``StoreNotOpen`` when no run is open and
-        ``EntryTooLarge`` for an entry the ring cannot hold; nothing is written then. (A halt
-        or a closed run sets the limits below so that the check falls to the slow path.)
+        ``ts_init`` is ns since the UNIX epoch (default: the store's clock). Raises
+        ``StoreHalted`` after a halt, ``StoreNotOpen`` when no run is open, ``WrongThread`` from
+        a thread other than the producer's, ``EntryTooLarge`` for an entry over the format's or
+        the ring's limits, and ``TypeError``/``ValueError`` for a bad field (a negative
+        ``ts_init``, a payload that is not bytes); nothing is written then. The entry is not
+        durable yet when this returns: see ``durable_seq()``.
         """
-        if ts_init is None:
-            ts_init = self._now()
-        plen = len(payload)
-        encoder = self._encoders.get((topic, payload_type, plen))
-        if encoder is None:
-            encoder = self._encoder(topic, payload_type, plen)
-        pack, n, head, text = encoder
-        pos = self._pos
-        seq = self._seq + 1
-        if pos + n > self._fast_limit or seq > self._seq_limit:
-            pos = self._make_room(pos, n, seq)
-        pack(self._data, pos & self._rmask, head, seq, ts_init, text, payload)
-        self._index[seq & self._smask] = pos  # the commit: the consumer trusts nothing before
-        self._seq = seq
-        self._pos = pos + n
-        ctrl = self._ctrl
-        if ctrl[CONSUMER_SLEEPING]:
-            self._bell()
-        return seq
+        return self._producer.append(topic, payload, payload_type=payload_type, ts_init=ts_init)
+
+    def append_linked(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        payload_type: str = "",
+        ts_init: int | None = None,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+    ) -> int:
+        """``append`` with correlation/causation ids in the entry's headers."""
+        self._check_thread()
+        ts = self._now() if ts_init is None else ts_init
+        record = encode_entry(0, ts, 0, topic, payload, payload_type, correlation_id, causation_id)
+        return self._producer.append_record(record)
 
     def observe_data(
         self, data_class: DataMarkerClass | str, instrument_id: str, ts_event: int, ts_init: int
     ) -> None:
         """Note that a market-data message was seen (``config.data_markers``); never blocks.
 
-        With markers configured this name is bound to the lane's ``MarkerLane.observe`` (one
-        call less on the hot path), a no-op while no run is open: call it on the thread that
-        appends. Without ``config.data_markers`` it is this no-op.
+        With markers configured this name is bound to the lane's ``MarkerLane.observe``, a no-op
+        while no run is open; call it on the thread that appends. Without
+        ``config.data_markers`` it is this no-op.
         """
         return None
 
@@ -378,11 +388,11 @@ class EventStore:
 
     def durable_seq(self) -> int:
         """The highest seq that is fdatasync'd (0: nothing yet). A shared-memory read."""
-        ctrl = self._ctrl
-        if ctrl is None:
+        session = self._session
+        if session is None:
             return self._final_durable
         try:
-            return int(ctrl[DURABLE_SEQ])
+            return session.durable_seq()
         except ValueError:  # released by a teardown on another thread just now
             return self._final_durable
 
@@ -390,7 +400,7 @@ class EventStore:
         """Append ``RunEnded``, make everything durable, mark the run ``ended``; idempotent.
 
         A halted store is not sealed (its run stays ``running`` for the recovery sweep); its
-        writer and shared memory are released all the same.
+        writer and shared memory are released all the same, from any thread.
         """
         session = self._session
         if session is None:
@@ -398,22 +408,36 @@ class EventStore:
         if self._halted:
             self._teardown(kill=True)
             return
+        if self.options.producers == "threads":
+            with self._producer_lock:
+                self._producer.owner = threading.get_ident()
+                self._seal(session, ts_init)
+            return
+        owner = self._producer.owner_thread
+        if owner is not None and not owner.is_alive():
+            self._producer.take_over(threading.current_thread())  # nobody can race it now
+        self._check_thread()
+        self._seal(session, ts_init)
+
+    def _seal(self, session: Session, ts_init: int | None) -> None:
         ts = self._now() if ts_init is None else ts_init
         markers = self._markers
         if markers is not None:  # seal the marker stream first: its failure goes before RunEnded
             session.manifest.marker_high_watermark = markers.close(self.options.seal_timeout_s)
         try:
-            last = self.append(TOPIC_RUN_ENDED, b"", ts_init=ts)
+            last = self._producer.append(TOPIC_RUN_ENDED, b"", ts_init=ts)
         except StoreHalted:
             self._teardown(kill=True)
             return
-        session.views.ctrl[CLOSE_REQUEST] = last
-        session.doorbell.ring()
+        session.request_close(last)
         if not self._wait_durable(last, self.options.seal_timeout_s):
-            self._halt(HaltReason("WriterError", "RunEnded not durable after seal timeout"))
+            self._halt(
+                session.writer_failure()
+                or HaltReason("WriterError", "RunEnded not durable after seal timeout")
+            )
             self._teardown(kill=True)
             return
-        _join(session.process, self.options.seal_timeout_s)
+        session.join_writer(self.options.seal_timeout_s)
         faults = self.options.faults
         faults.kernel_point("seal_before_manifest")
         manifest = session.manifest
@@ -438,24 +462,31 @@ class EventStore:
         appends a ``SnapshotAnchor`` entry ``{high_watermark, blob_ref, content_hash}``. An
         anchor behind the previous one raises ``AnchorRefused``.
         """
-        return self._anchor if self._open else None
+        if not self._open:
+            return None
+        if self.options.producers == "threads":
+            return self._serialised(self._anchor)
+        return self._anchor
 
     def _anchor(self, snapshot: bytes) -> int:
+        self._check_thread()
         session = self._session
         if session is None or not self._open:
             raise StoreNotOpen("no run is open: the anchor was not recorded")
-        if self._halted:
-            raise self._halted_error()
-        watermark = self._seq
+        error = self.halted_error()
+        if error is not None:
+            raise error
+        watermark = self._producer.seq
         if watermark < self._last_anchor:
             raise AnchorRefused(
                 f"anchor at {watermark} is behind the previous anchor at {self._last_anchor}"
             )
-        threshold = self.config.halt_threshold.total_seconds()
+        threshold = self._threshold_s
         if not self._wait_durable(watermark, threshold):
             if not self._halted:
                 self._halt(
-                    HaltReason(
+                    session.writer_failure()
+                    or HaltReason(
                         "AnchorStall",
                         f"entries up to {watermark} not durable within {threshold * 1e3:.0f} ms",
                         stalled_for_s=threshold,
@@ -466,7 +497,7 @@ class EventStore:
         hook = self.options.faults.kernel_partial_write("blob_mid_write")
         blob = write_blob(session.paths.run_dir, bytes(snapshot), during_write=hook)
         anchor = dataclasses.replace(blob, high_watermark=watermark)
-        seq = self.append(TOPIC_SNAPSHOT_ANCHOR, anchor.to_payload(), payload_type="json")
+        seq = self._producer.append(TOPIC_SNAPSHOT_ANCHOR, anchor.to_payload(), payload_type="json")
         session.manifest.anchors.append(dataclasses.asdict(dataclasses.replace(anchor, seq=seq)))
         self._last_anchor = watermark
         return watermark
@@ -502,76 +533,25 @@ class EventStore:
     def __exit__(self, *exc: object) -> None:
         self.seal()
 
-    # -- the producer ---------------------------------------------------------------------
+    # -- what the producer asks on its slow path ----------------------------------------------
 
-    def _reset_producer(self) -> None:
-        g = self._geometry
-        self._ring_bytes = g.ring_bytes
-        self._rmask = g.ring_bytes - 1
-        self._smask = g.slots - 1
-        self._seq = 0
-        self._pos = 0
-        self._fast_limit = -1  # forces the slow path (which raises StoreNotOpen) until open
-        self._seq_limit = -1
-        self._encoders: dict[tuple[str, str, int], _Encoder] = {}
-        self._ctrl: Any = None
-        self._index: Any = None
-        self._data: Any = None
-        self._bell: Callable[[], None] = _no_bell
+    def halted_error(self) -> StoreHalted | None:
+        return self._halted_error() if self._halted else None
 
-    def _encoder(self, topic: str, payload_type: str, plen: int) -> _Encoder:
-        """A compiled struct that writes a whole record (header, topic, type, payload) in one
-        ``pack_into``; cached per (topic, payload_type, payload length)."""
-        t = topic.encode()
-        pt = payload_type.encode()
-        if len(t) > MAX_TOPIC_LEN or len(pt) > MAX_PAYLOAD_TYPE_LEN or plen > MAX_PAYLOAD_LEN:
-            raise EntryTooLarge(
-                f"topic ({len(t)} B), payload_type ({len(pt)} B) or payload ({plen} B) over the"
-                f" limits ({MAX_TOPIC_LEN} B, {MAX_PAYLOAD_TYPE_LEN} B, {MAX_PAYLOAD_LEN} B)"
-            )
-        if len(self._encoders) >= _ENCODER_CACHE_LIMIT:
-            self._encoders.clear()
-        text = t + pt
-        n = ENTRY_HEADER_SIZE + len(text) + plen
-        # The first 16 header bytes are the same for every record of this shape; ts_publish
-        # is left zero (pad bytes) for the writer to stamp.
-        head = ENTRY_HEADER.pack(n, plen, len(t), len(pt), 0, 0, 0, 0)[:16]
-        layout = struct.Struct(f"<16sQQ8x{len(text)}s{plen}s")
-        encoder = (layout.pack_into, n, head, text)
-        self._encoders[(topic, payload_type, plen)] = encoder
-        return encoder
+    def stall(self, stalled_for_s: float) -> StoreHalted:
+        """The ring stayed full: halt with the cause (a writer that died or failed meanwhile),
+        or with ``BackpressureStall`` when the writer is alive and merely behind."""
+        session = self._session
+        cause = None if session is None else session.writer_failure()
+        self._halt(cause or HaltReason.backpressure(stalled_for_s, self._threshold_s))
+        return self._halted_error()
 
-    def append_linked(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        payload_type: str = "",
-        ts_init: int | None = None,
-        correlation_id: uuid.UUID | None = None,
-        causation_id: uuid.UUID | None = None,
-    ) -> int:
-        """``append`` with correlation/causation ids in the entry's headers."""
-        ts = self._now() if ts_init is None else ts_init
-        record = encode_entry(0, ts, 0, topic, payload, payload_type, correlation_id, causation_id)
-        return self._append_record(record)
+    # -- internals ----------------------------------------------------------------------------
 
-    def _append_record(self, record: bytes) -> int:
-        """The general path for a pre-encoded record (seq and ts_publish are filled in)."""
-        n = len(record)
-        pos = self._pos
-        seq = self._seq + 1
-        if pos + n > self._fast_limit or seq > self._seq_limit:
-            pos = self._make_room(pos, n, seq)
-        off = pos & self._rmask
-        self._data[off : off + n] = record
-        self._data[off + 16 : off + 24] = seq.to_bytes(8, "little")
-        self._index[seq & self._smask] = pos
-        self._seq = seq
-        self._pos = pos + n
-        if self._ctrl[CONSUMER_SLEEPING]:
-            self._bell()
-        return seq
+    def _check_thread(self) -> None:
+        producer = self._producer
+        if producer.owner != -1 and threading.get_ident() != producer.owner:
+            raise producer.wrong_thread()
 
     def _boot_sweep(self, iid: uuid.UUID) -> None:
         """Recover the instance's runs left open by dead writers, once per instance."""
@@ -586,104 +566,33 @@ class EventStore:
     def _halted_error(self) -> StoreHalted:
         return StoreHalted(self._halt_reason or HaltReason("Halted", "the store halted"))
 
-    def _make_room(self, pos: int, n: int, seq: int) -> int:
-        """The slow path: skip to the next lap if the record does not fit before the ring's
-        end, refresh the limits from the consumer, and wait while full — then halt.
-        Returns the position to write at; ``_fast_limit`` lets the hot path skip all this
-        until the next lap end or the consumer's last known read position.
-        """
-        if self._halted:
-            raise self._halted_error()
-        ctrl = self._ctrl
-        if ctrl is None:
-            raise StoreNotOpen("no run is open: call open() first")
-        ring_bytes = self._ring_bytes
-        if n > self._geometry.max_record:
-            raise EntryTooLarge(
-                f"entry of {n} bytes exceeds the ring's limit of {self._geometry.max_record}"
-                f" bytes (channel_capacity {self._geometry.capacity})"
-            )
-        if (pos & self._rmask) + n > ring_bytes:
-            pos = (pos + self._rmask) & ~self._rmask  # no room before the end: next lap
-        lap_end = (pos & ~self._rmask) + ring_bytes
-        threshold = self.config.halt_threshold.total_seconds()
-        started = 0.0
-        tries = 0
-        while True:
-            pos_limit = int(ctrl[READ_POS]) + ring_bytes
-            self._seq_limit = int(ctrl[READ_SEQ]) + self._geometry.capacity
-            if pos + n <= pos_limit and seq <= self._seq_limit:
-                self._fast_limit = min(pos_limit, lap_end)
-                if self.is_halted():  # the monitor thread halted us meanwhile: keep it so
-                    self._fast_limit = -1
-                    raise self._halted_error()
-                return pos
-            if self._halted:
-                raise self._halted_error()
-            if ctrl[CONSUMER_SLEEPING]:
-                self._bell()
-            now = time.monotonic()
-            if not started:
-                started = now
-            elif now - started >= threshold:
-                reason = HaltReason.backpressure(now - started, threshold)
-                self._halt(reason)
-                raise StoreHalted(reason)
-            tries += 1
-            if tries < 64:
-                os.sched_yield()
-            else:
-                time.sleep(0.0001)
-
-    # -- session management ---------------------------------------------------------------
-
     def _start_session(
         self, paths: RunPaths, manifest: Manifest, env: Environment, lock: WriterLock
     ) -> None:
-        g = self._geometry
-        region = SharedRegion.create(g.region_size)
-        views = RingViews(region.buf, g)
-        views.init_control(os.getpid())
-        address = new_address()
-        args = WriterArgs(
-            shm_name=region.name,
-            capacity=g.capacity,
-            run_dir=str(paths.run_dir),
-            run_id=paths.run_id,
-            doorbell=address,
-            parent_pid=os.getpid(),
-            max_batch_entries=self.config.max_batch_entries,
-            max_batch_latency_s=self.config.max_batch_latency.total_seconds(),
-            segment_max_bytes=self.options.segment_max_bytes,
-            compression_level=self.options.compression_level,
-            publish_clock="ts_init" if env is Environment.BACKTEST else "wall",
-            faults=self.options.faults.writer_plan,
-            lock_fd=lock.fd,
+        def writer_args(shm_name: str, doorbell: bytes) -> WriterArgs:
+            return WriterArgs(
+                shm_name=shm_name,
+                capacity=self._geometry.capacity,
+                run_dir=str(paths.run_dir),
+                run_id=paths.run_id,
+                doorbell=doorbell,
+                parent_pid=os.getpid(),
+                segment_max_bytes=self.options.segment_max_bytes,
+                compression_level=self.options.compression_level,
+                max_batch_entries=self.config.max_batch_entries,
+                max_batch_latency_s=self.config.max_batch_latency.total_seconds(),
+                publish_clock="ts_init" if env is Environment.BACKTEST else "wall",
+                lock_fd=lock.fd,
+                wait=self.options.writer_wait,
+                faults=self.options.faults.writer_plan,
+            )
+
+        session = Session.start(
+            paths, manifest, lock, self._geometry, writer_args, self._on_writer_exit
         )
-        doorbell = Doorbell(address)
-        try:
-            process = spawn_writer(args)
-        except BaseException:
-            doorbell.close()
-            views.release()
-            region.close()
-            unlink_name(region.name)
-            raise
-        session = _Session(paths, manifest, region, views, process, doorbell, lock)
         self._session = session
-        self._reset_producer()
-        self._ctrl = views.ctrl
-        self._index = views.index
-        self._data = views.data
-        self._bell = doorbell.ring
-        self._fast_limit = g.ring_bytes
-        self._seq_limit = g.capacity
+        self._producer.bind(session.views, session.doorbell.ring, threading.current_thread())
         self._open = True
-        monitor = threading.Thread(
-            target=self._monitor, args=(session,), name="ringtape-monitor", daemon=True
-        )
-        session.monitor = monitor
-        monitor.start()
         if self._markers is not None:
             self._markers.start(
                 paths.run_dir,
@@ -694,27 +603,16 @@ class EventStore:
             )
 
     def _append_marker_failure(self, topic: str, payload: bytes) -> object:
-        return self.append(topic, payload, payload_type="json")
+        return self._producer.append(topic, payload, payload_type="json")
 
-    def _monitor(self, session: _Session) -> None:
-        """Wait for the writer to exit; an exit nobody asked for halts the store."""
-        session.process.wait()
+    def _on_writer_exit(self, session: Session) -> None:
+        """The monitor thread: the writer exited. An exit nobody asked for halts the store."""
         with self._lock:
-            if self._session is not session or not self._open:
+            if self._session is not session or not self._open or session.closed_cleanly():
                 return
-            ctrl = session.views.ctrl
-            if ctrl[CLOSE_REQUEST] and ctrl[DURABLE_SEQ] >= ctrl[CLOSE_REQUEST]:
-                return  # a clean close
-            err = int(ctrl[WRITER_ERRNO])
-            text = session.views.control.error_text()
-            failed = int(ctrl[WRITER_STATE]) == STATE_FAILED
-        code = session.process.returncode
-        if failed and err in DISK_ERRNOS:
-            reason = HaltReason.disk(err, text)
-        elif failed:
-            reason = HaltReason("WriterError", text or f"writer failed (exit {code})", errno=err)
-        else:
-            reason = HaltReason("WriterDied", f"writer process exited unexpectedly (code {code})")
+            reason = session.writer_failure() or HaltReason(
+                "WriterDied", "writer process exited unexpectedly"
+            )
         self._halt(reason)
 
     def _halt(self, reason: HaltReason) -> None:
@@ -723,7 +621,7 @@ class EventStore:
                 return
             self._halt_reason = reason
             self._halted = True
-            self._fast_limit = -1  # every later append takes the slow path, which raises
+            self._producer.stop()  # every later append takes the slow path, which raises
         log.error("event store halted: %s", reason)
         callback = self.options.on_halt
         if callback is not None:
@@ -733,13 +631,10 @@ class EventStore:
                 log.exception("on_halt callback raised")
 
     def _wait_durable(self, seq: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        ctrl = self._ctrl
-        while ctrl[DURABLE_SEQ] < seq:
-            if self._halted or time.monotonic() >= deadline:
-                return bool(ctrl[DURABLE_SEQ] >= seq)
-            time.sleep(_DURABLE_POLL_S)
-        return True
+        session = self._session
+        if session is None:
+            return False
+        return session.wait_durable(seq, timeout, lambda: self._halted)
 
     def _teardown(self, *, kill: bool) -> None:
         """Stop the writer (killing it if asked or if it does not stop) and free the ring."""
@@ -753,43 +648,9 @@ class EventStore:
             self._markers.kill()
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
-            supervisor.terminate()
-            if not _join(supervisor, 5.0):
-                supervisor.kill()
-                supervisor.wait()
-        process = session.process
-        if kill and process.poll() is None:
-            process.kill()
-        if not _join(process, 5.0):
-            process.kill()
-            process.wait()
-        self._final_durable = int(session.views.ctrl[DURABLE_SEQ])
-        # on_halt may call seal() from the monitor thread itself: it cannot join itself.
-        if session.monitor is not None and session.monitor is not threading.current_thread():
-            session.monitor.join(1.0)
-        self._fast_limit = -1  # appends now take the slow path: StoreHalted or StoreNotOpen
-        self._seq_limit = -1
-        self._ctrl = None
-        self._index = None
-        self._data = None
-        self._bell = _no_bell
-        session.doorbell.close()
-        session.views.release()
-        session.region.close()
-        unlink_name(session.region.name)  # normally gone already: the writer unlinks on attach
-        session.lock.release()  # last: the run's manifest is final (or left for the sweep)
-
-
-def _join(process: subprocess.Popen[bytes], timeout: float) -> bool:
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        return False
-    return True
-
-
-def _no_bell() -> None:
-    return None
+            stop_process(supervisor)
+        self._producer.unbind()  # appends now take the slow path: StoreHalted or StoreNotOpen
+        self._final_durable = session.close(kill=kill)
 
 
 def event_store_factory(

@@ -5,7 +5,7 @@ The writer's loop stays free of backoff policy, and a benchmark can swap strateg
 (``StoreOptions.writer_wait`` names one of :data:`WAIT_STRATEGIES`).
 
 Each strategy is built with ``sleep(timeout)``: the consumer's *announced* sleep, which sets
-``CONSUMER_SLEEPING`` so that the producer rings the doorbell, and returns when rung or after
+``WAKE_SEQ`` so that the producer rings the doorbell, and returns when rung or after
 ``timeout``. A strategy that never calls it is never rung: it must poll.
 """
 

@@ -3,7 +3,7 @@
 Loop, top to bottom:
 
 1. Look at the next seq's index slot (``RingConsumer.has``). Nothing published: idle through
-   the wait strategy (``capture/wait.py``: spin, yield, then sleep with ``CONSUMER_SLEEPING`` set
+   the wait strategy (``capture/wait.py``: spin, yield, then sleep with ``WAKE_SEQ`` set
    so that the producer rings the doorbell).
 2. Something new: the batch closes when ``max_batch_entries`` are waiting, when
    ``max_batch_latency`` has passed since the writer first saw its first entry, or at once when
@@ -12,7 +12,7 @@ Loop, top to bottom:
    ``max_batch_entries``, append them all, one ``fdatasync`` (group commit), then publish
    ``DURABLE_SEQ``. The ring's record bytes are the frame's entry bytes: per batch the work is a
    few numpy calls, one compress, one hash and one write per frame.
-   Memory ordering: Python has no fences. The sleep handshake (set ``CONSUMER_SLEEPING``, look
+   Memory ordering: Python has no fences. The sleep handshake (set ``WAKE_SEQ``, look
    at the ring once more, then sleep) could in theory miss a bell if a store and a load cross
    in a store buffer; the sleep is therefore bounded (50 ms), which bounds the cost of that
    race to one late batch. Record validation (seq, length, position chain) never relies on
@@ -43,10 +43,11 @@ from ringtape.capture.ring import (
     BYTES_RAW,
     BYTES_STORED,
     CLOSE_REQUEST,
-    CONSUMER_SLEEPING,
     DURABLE_SEQ,
     FRAMES_WRITTEN,
     SYNCS,
+    WAKE_NEVER,
+    WAKE_SEQ,
     WRITER_HEARTBEAT_NS,
     WRITER_STATE,
     Batch,
@@ -115,13 +116,14 @@ class WriterLoop:
 
     def _sleep(self, timeout: float) -> None:
         ctrl = self.v.ctrl
-        ctrl[CONSUMER_SLEEPING] = 1
-        # Re-check after announcing sleep: an entry published just before would get no bell.
-        if not self.ring.has(self.ring.read_seq + 1) and not ctrl[CLOSE_REQUEST]:
+        wake = self.ring.read_seq + 1
+        ctrl[WAKE_SEQ] = wake
+        # Re-check after asking for a bell: an entry published just before would ring none.
+        if not self.ring.has(wake) and not ctrl[CLOSE_REQUEST]:
             self.doorbell.wait(timeout)
         # Whatever is published now was published while we slept: most likely just now.
         self.empty_at = now = time.monotonic()
-        ctrl[CONSUMER_SLEEPING] = 0
+        ctrl[WAKE_SEQ] = WAKE_NEVER
         ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
         if now >= self.stats_due:
             self.publish_stats()

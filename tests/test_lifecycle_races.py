@@ -118,8 +118,9 @@ def _open_in_thread(
 # -- 1. ring: take() ignores max_bytes when the first record alone is over it -----------------
 
 
-def test_take_stops_at_max_bytes_even_when_the_first_record_exceeds_it() -> None:
-    """``take`` docstring: at most ``max_entries`` and, past the first, ``max_bytes``."""
+def test_take_returns_the_first_record_alone_when_it_exceeds_max_bytes() -> None:
+    """``take`` docstring: at most ``max_entries`` and, past the first, ``max_bytes``: a first
+    record over ``max_bytes`` still goes (alone), so the writer never stalls on it."""
     g = RingGeometry.for_capacity(64)
     region = SharedRegion.create(g.region_size, tag="review")
     views = RingViews(region.buf, g)
@@ -209,8 +210,9 @@ def test_append_raises_after_a_halt_that_lands_in_the_slow_path(
         os.kill(pid, signal.SIGKILL)
         wait_until(store.is_halted, what="the monitor thread to halt the store")
 
-    pause = _PauseInMakeRoom(store._geometry, writer_dies_now)
-    store._geometry = pause  # type: ignore[assignment]
+    producer = store._producer
+    pause = _PauseInMakeRoom(producer._geometry, writer_dies_now)
+    producer._geometry = pause  # type: ignore[assignment]
     pause.armed = True
     for _ in range(200):
         try:
@@ -302,12 +304,13 @@ def test_writer_outlives_sigterm_while_its_kernel_lives(
 ) -> None:
     """``systemctl stop``/``kill -TERM -PGID`` signals kernel and writer together. The kernel
     decides (SIGINT is ignored for that reason); the writer must still record the kernel's
-    shutdown and its ``RunEnded``. Today it exits at its next idle poll and the store halts."""
+    shutdown and its ``RunEnded``: it ignores the SIGTERM and goes on idling (two heartbeats)."""
     store = make_store(stores, tmp_path)
     store.open(uuid.uuid4(), COMPONENTS, "live")
     pid = store.writer_pid()
-    ctrl = store._ctrl
-    assert pid is not None and ctrl is not None
+    session = store._session
+    assert pid is not None and session is not None
+    ctrl = session.views.ctrl
     beats = [int(ctrl[WRITER_HEARTBEAT_NS])]
 
     def exited_or_beat_twice() -> bool:

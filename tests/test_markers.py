@@ -14,7 +14,7 @@ from hypothesis import event, given, settings, strategies as st
 from ringtape.capture.config import DataMarkerClass, DataMarkerConfig
 from ringtape.capture.marker_fold import MarkerFolder
 from ringtape.capture.marker_ring import MarkerGeometry, MarkerRingReader, MarkerViews
-from ringtape.capture.markers import MarkerLane
+from ringtape.capture.markers import EntryCursor, MarkerLane
 from ringtape.capture.shm import SharedRegion, unlink_name
 from ringtape.storage.check.findings import Kind
 from ringtape.storage.check.markers import check_marker_stream, check_records
@@ -58,9 +58,9 @@ class Harness:
         self.region = SharedRegion.create(g.region_size, tag="test")
         self.views = MarkerViews(self.region.buf, g)
         self.views.init_control(os.getpid())
-        self._seq = 0  # the entry stream the lane reads event_seq_before from
+        self.entries = EntryCursor()  # the entry stream the lane reads event_seq_before from
         self.lane_failures: list[tuple[str, bytes]] = []
-        self.lane = MarkerLane(config, self, self._record_failure)
+        self.lane = MarkerLane(config, self.entries, self._record_failure)
         self.lane.bind(self.views)
         self.reader = MarkerRingReader(self.views)
         self.folder = MarkerFolder(config.high_fidelity)
@@ -160,9 +160,9 @@ def test_cursors_match_brute_force_model(
                 h.lane.observe(cls.value if as_name else cls, inst, ts + 7, ts)
                 if cls in enabled:
                     obs += 1
-                    observations.append((obs, (cls.value, inst), ts, h._seq))
+                    observations.append((obs, (cls.value, inst), ts, h.entries.seq))
             elif o[0] == "append":
-                h._seq += 1
+                h.entries.seq += 1
             elif o[0] == "drain":
                 h.drain()
             else:
@@ -181,12 +181,12 @@ def test_cursors_match_brute_force_model(
                 seq += 1
             if n not in dropped:
                 model.observe(key, t)
-        while seq <= h._seq:
+        while seq <= h.entries.seq:
             model.boundary(seq)
             seq += 1
 
         records = [decode_marker(w.entry) for w in located]
-        for s in range(h._seq + 1):
+        for s in range(h.entries.seq + 1):
             assert fold_records(records, s).cursors == model.at_seq[s], f"as of entry {s}"
         gaps = [(g.obs_from, g.obs_to) for g in records if isinstance(g, MarkerGap)]
         assert gaps == h.lane.gap_ranges
@@ -194,7 +194,7 @@ def test_cursors_match_brute_force_model(
         delivered = [x for x in observations if x[0] not in dropped]
         expected = [(n, esb) for n, key, _, esb in delivered if key[1] in HIFI]
         assert [(r.obs, r.event_seq_before) for r in hifi] == expected
-        assert check_records(located, h._seq) == []
+        assert check_records(located, h.entries.seq) == []
         event("with drops" if dropped else "without drops")
     finally:
         for x in made:

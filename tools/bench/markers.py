@@ -58,7 +58,7 @@ from ringtape.capture.config import (
 )
 from ringtape.capture.marker_fold import MarkerFolder
 from ringtape.capture.marker_ring import MarkerGeometry, MarkerRingReader, MarkerViews
-from ringtape.capture.markers import MarkerLane
+from ringtape.capture.markers import EntryCursor, MarkerLane
 from ringtape.capture.shm import SharedRegion, unlink_name
 from ringtape.capture.store import EventStore
 from ringtape.storage.check.markers import check_marker_stream
@@ -334,10 +334,6 @@ def _max_rate(base: Path, quick: bool) -> dict[str, Any]:
 # -- the sidecar's fold alone -------------------------------------------------------------------
 
 
-class _Seq:
-    _seq = 1
-
-
 def _sidecar_fold(quick: bool) -> dict[str, Any]:
     n = 100_000 if quick else 500_000
     config = DataMarkerConfig(high_fidelity=list(HIFI), channel_capacity=1 << 20)
@@ -346,7 +342,8 @@ def _sidecar_fold(quick: bool) -> dict[str, Any]:
     views = MarkerViews(region.buf, g)
     try:
         views.init_control(os.getpid())
-        entries = _Seq()
+        entries = EntryCursor()
+        entries.seq = 1
         lane = MarkerLane(config, entries, lambda topic, payload: 0)
         lane.bind(views)
         mix = _mix()
@@ -355,7 +352,7 @@ def _sidecar_fold(quick: bool) -> dict[str, Any]:
             cls, inst = mix[i & mask]
             lane.observe(cls, inst, i, i)
             if i % ENTRY_EVERY == ENTRY_EVERY - 1:
-                entries._seq += 1
+                entries.seq += 1
         reader = MarkerRingReader(views)
         batches = []
         while (rows := reader.take()) is not None:

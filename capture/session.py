@@ -1,0 +1,173 @@
+"""A run's live session: everything that exists only while a run is open.
+
+The entry ring (a shared region and its views), the writer process, the doorbell, the monitor
+thread that waits for the writer to exit, and the run's lock. :meth:`Session.start` builds them
+in that order and undoes what it built if a step fails; :meth:`Session.close` stops the writer
+(killing it when asked, or when it will not stop) and frees the rest, the lock last.
+
+:meth:`Session.writer_failure` is the one place that says why a writer stopped being able to
+write: a disk error (``BackendDisk`` with its errno), another failure it reported
+(``WriterError``), or death without a word (``WriterDied``). The store asks it whenever it waits
+for the writer and the wait runs out, so that the reason recorded is the cause, not the symptom
+(a full ring, a stalled anchor).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from ringtape.capture.control import STATE_FAILED
+from ringtape.capture.doorbell import Doorbell, new_address
+from ringtape.capture.errors import DISK_ERRNOS, HaltReason
+from ringtape.capture.ring import (
+    CLOSE_REQUEST,
+    DURABLE_SEQ,
+    WRITER_ERRNO,
+    WRITER_STATE,
+    RingGeometry,
+    RingViews,
+)
+from ringtape.capture.shm import SharedRegion, unlink_name
+from ringtape.capture.writer import WriterArgs, spawn_writer
+from ringtape.storage.run.layout import RunPaths
+from ringtape.storage.run.lock import WriterLock
+from ringtape.storage.run.manifest import Manifest
+
+_DURABLE_POLL_S: Final = 0.0005
+_JOIN_S: Final = 5.0
+
+
+@dataclass
+class Session:
+    """One open run's live parts (see the module docstring)."""
+
+    paths: RunPaths
+    manifest: Manifest
+    lock: WriterLock
+    region: SharedRegion
+    views: RingViews
+    process: subprocess.Popen[bytes]
+    doorbell: Doorbell
+    monitor: threading.Thread | None = None
+
+    @classmethod
+    def start(
+        cls,
+        paths: RunPaths,
+        manifest: Manifest,
+        lock: WriterLock,
+        geometry: RingGeometry,
+        writer_args: Callable[[str, bytes], WriterArgs],
+        on_exit: Callable[[Session], None],
+    ) -> Session:
+        """Create the ring, start the writer (``writer_args(shm_name, doorbell)``) and the
+        monitor thread, which calls ``on_exit(session)`` once the writer has exited."""
+        region = SharedRegion.create(geometry.region_size)
+        views = RingViews(region.buf, geometry)
+        views.init_control(os.getpid())
+        address = new_address()
+        doorbell = Doorbell(address)
+        try:
+            process = spawn_writer(writer_args(region.name, address))
+        except BaseException:
+            doorbell.close()
+            views.release()
+            region.close()
+            unlink_name(region.name)
+            raise
+        session = cls(paths, manifest, lock, region, views, process, doorbell)
+        monitor = threading.Thread(
+            target=session._watch, args=(on_exit,), name="ringtape-monitor", daemon=True
+        )
+        session.monitor = monitor
+        monitor.start()
+        return session
+
+    def _watch(self, on_exit: Callable[[Session], None]) -> None:
+        self.process.wait()
+        on_exit(self)
+
+    def durable_seq(self) -> int:
+        return int(self.views.ctrl[DURABLE_SEQ])
+
+    def closed_cleanly(self) -> bool:
+        """The writer made everything up to the close request durable (and then exited)."""
+        ctrl = self.views.ctrl
+        return bool(ctrl[CLOSE_REQUEST]) and ctrl[DURABLE_SEQ] >= ctrl[CLOSE_REQUEST]
+
+    def writer_failure(self) -> HaltReason | None:
+        """Why the writer can no longer write (``None``: it can, as far as anyone knows)."""
+        ctrl = self.views.ctrl
+        failed = int(ctrl[WRITER_STATE]) == STATE_FAILED
+        code = self.process.poll()
+        if not failed and code is None:
+            return None
+        if not failed and self.closed_cleanly():
+            return None
+        if failed:
+            err = int(ctrl[WRITER_ERRNO])
+            text = self.views.control.error_text()
+            if err in DISK_ERRNOS:
+                return HaltReason.disk(err, text)
+            return HaltReason("WriterError", text or f"writer failed (exit {code})", errno=err)
+        return HaltReason("WriterDied", f"writer process exited unexpectedly (code {code})")
+
+    def request_close(self, last_seq: int) -> None:
+        """Ask the writer to make everything up to ``last_seq`` durable and exit."""
+        self.views.ctrl[CLOSE_REQUEST] = last_seq
+        self.doorbell.ring()
+
+    def wait_durable(self, seq: int, timeout: float, give_up: Callable[[], bool]) -> bool:
+        """Wait until ``seq`` is durable, at most ``timeout`` s, or until ``give_up()``."""
+        deadline = time.monotonic() + timeout
+        ctrl = self.views.ctrl
+        while ctrl[DURABLE_SEQ] < seq:
+            if give_up() or time.monotonic() >= deadline:
+                return bool(ctrl[DURABLE_SEQ] >= seq)
+            time.sleep(_DURABLE_POLL_S)
+        return True
+
+    def join_writer(self, timeout: float) -> bool:
+        return _join(self.process, timeout)
+
+    def close(self, *, kill: bool) -> int:
+        """Stop the writer and free the ring, the doorbell and the lock (last: the manifest is
+        final, or left for the sweep). Returns the durable seq the writer reached."""
+        process = self.process
+        if kill and process.poll() is None:
+            process.kill()
+        if not _join(process, _JOIN_S):
+            process.kill()
+            process.wait()
+        durable = self.durable_seq()
+        # on_exit may close the session from the monitor thread itself: it cannot join itself.
+        if self.monitor is not None and self.monitor is not threading.current_thread():
+            self.monitor.join(1.0)
+        self.doorbell.close()
+        self.views.release()
+        self.region.close()
+        unlink_name(self.region.name)  # normally gone already: the writer unlinks on attach
+        self.lock.release()
+        return durable
+
+
+def _join(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = _JOIN_S) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+    process.terminate()
+    if not _join(process, timeout):
+        process.kill()
+        process.wait()
