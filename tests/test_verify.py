@@ -16,6 +16,7 @@ from ringtape.storage.format.entry import encode_entry
 from ringtape.storage.run.lock import WriterLock
 from ringtape.storage.run.manifest import read_manifest, write_manifest
 from ringtape.storage.run.status import RunStatus
+from ringtape.tools.verify_pool import scanner
 
 FINDING_KEYS = {"kind", "path", "offset", "seq_from", "seq_to", "detail"}
 
@@ -58,7 +59,9 @@ def test_parallel_scan_and_progress(tmp_path: Path) -> None:
     for t in (10, 20):
         make_run(base, 300, segment_bytes=4096, start_ts=t)
     calls: list[tuple[int, int]] = []
-    parallel = verify_path(base, jobs=2, progress=lambda done, total: calls.append((done, total)))
+    parallel = verify_path(
+        base, scan=scanner(2), progress=lambda done, total: calls.append((done, total))
+    )
     assert parallel.to_dict() == verify_path(base).to_dict()
     total = sum(p.stat().st_size for p in base.rglob("*.seg"))
     assert calls and calls[-1] == (total, total)

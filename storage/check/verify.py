@@ -5,8 +5,9 @@ Rules of this module:
 1. It never writes, never follows a symlink out of what it was given, never lets an exception
    escape for anything found on disk (a path that does not exist at all is the only error), and
    never allocates from a length field (the scans are bounded; see storage/scan.py).
-2. Segments are deep-scanned (every frame decompressed, every record checked), in worker
-   processes when ``jobs > 1``; everything after that works on the small scan values.
+2. Segments are deep-scanned (every frame decompressed, every record checked) by a
+   :data:`Scanner` the caller chooses (this package knows no processes: the command line's
+   scans in worker processes); everything after that works on the small scan values.
 3. Run-level rules are small functions in :data:`RUN_CHECKERS`, each taking a
    :class:`RunContext` and returning findings. New rules (snapshot anchors, the marker stream)
    are added by appending to that list; nothing else needs to change.
@@ -17,14 +18,11 @@ Rules of this module:
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import stat
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -349,7 +347,9 @@ def find_runs(path: Path) -> tuple[list[Path], list[Path], list[Finding]]:
 # -- scanning -------------------------------------------------------------------------------------
 
 
-class _Progress:
+class ScanProgress:
+    """Bytes scanned so far, reported to ``fn(done, total)``."""
+
     def __init__(self, total: int, fn: ProgressFn | None) -> None:
         self.total, self.done, self.fn = total, 0, fn
 
@@ -359,58 +359,38 @@ class _Progress:
             self.fn(min(self.done, self.total), self.total)
 
 
-def _size(path: Path) -> int:
+def file_size(path: Path) -> int:
     try:
         return os.lstat(path).st_size
     except OSError:
         return 0
 
 
-def _scan_guarded(path: Path, progress: _Progress | None = None) -> SegmentScan:
+def scan_guarded(path: Path, progress: ScanProgress | None = None) -> SegmentScan:
     """A deep scan that turns even an unforeseen failure into a finding about the file."""
     try:
         return scan_segment(path, deep=True, progress=progress)
     except Exception as exc:  # a scan must never take the whole verification down
-        return _failed_scan(path, f"the scan failed: {exc!r}")
+        return failed_scan(path, f"the scan failed: {exc!r}")
 
 
-def _failed_scan(path: Path, detail: str) -> SegmentScan:
-    return SegmentScan.unreadable(str(path), detail, size=_size(path))
+def failed_scan(path: Path, detail: str) -> SegmentScan:
+    return SegmentScan.unreadable(str(path), detail, size=file_size(path))
 
 
-def _scan_all(paths: Sequence[Path], jobs: int, progress: _Progress) -> dict[Path, SegmentScan]:
-    """Deep scans of ``paths``, in ``jobs`` worker processes (spawned) when ``jobs > 1``.
-
-    A worker that dies (a crash on a hostile file) breaks the pool; every scan it took down is
-    retried alone in a fresh worker, and a file that kills that one too becomes a finding.
-    """
+def scan_sequentially(paths: Sequence[Path], progress: ScanProgress) -> dict[Path, SegmentScan]:
+    """Deep scans of ``paths``, one after the other (the default :data:`Scanner`)."""
     out: dict[Path, SegmentScan] = {}
-    if jobs <= 1 or len(paths) <= 1:
-        for p in paths:
-            before = progress.done
-            out[p] = _scan_guarded(p, progress)
-            progress(max(0, _size(p) - (progress.done - before)))
-        return out
-    ctx = multiprocessing.get_context("spawn")
-    retry: list[Path] = []
-    with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=ctx) as pool:
-        futures = {pool.submit(_scan_guarded, p): p for p in paths}
-        for fut in as_completed(futures):
-            p = futures[fut]
-            try:
-                out[p] = fut.result()
-            except BrokenProcessPool:
-                retry.append(p)
-                continue
-            progress(_size(p))
-    for p in sorted(retry):
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as alone:
-            try:
-                out[p] = alone.submit(_scan_guarded, p).result()
-            except BrokenProcessPool:
-                out[p] = _failed_scan(p, "the scan worker died reading this file")
-        progress(_size(p))
+    for p in paths:
+        before = progress.done
+        out[p] = scan_guarded(p, progress)
+        progress(max(0, file_size(p) - (progress.done - before)))
     return out
+
+
+# How a verification gets its deep scans: ``(paths, progress) -> {path: scan}``. Sequential by
+# default; the command line passes one that scans in worker processes (tools/verify_pool.py).
+Scanner = Callable[[Sequence[Path], ScanProgress], dict[Path, SegmentScan]]
 
 
 def _manifest(run_dir: Path) -> tuple[Manifest | None, str | None]:
@@ -509,17 +489,19 @@ def _check_loose(path: Path, scan: SegmentScan) -> tuple[RunSummary, list[Findin
     return _summary(name, path, None, [one], verdict, len(findings)), findings
 
 
-def verify_path(path: Path, jobs: int = 1, progress: ProgressFn | None = None) -> VerifyReport:
+def verify_path(
+    path: Path, *, scan: Scanner = scan_sequentially, progress: ProgressFn | None = None
+) -> VerifyReport:
     """Verify everything under ``path``: a base dir, an instance dir, a run dir or a segment file.
 
-    ``jobs`` > 1 scans segments in that many spawned worker processes. ``progress(done, total)``
-    is called with bytes as the scan advances. Raises ``OSError`` only if ``path`` cannot be
-    looked at at all; everything found inside is a finding.
+    ``scan`` does the deep scans of the segment files (see :data:`Scanner`);
+    ``progress(done, total)`` is called with bytes as the scan advances. Raises ``OSError`` only
+    if ``path`` cannot be looked at at all; everything found inside is a finding.
     """
     runs, loose, findings = find_runs(path)
     segments = [p for r in runs for s in STREAMS for p in list_segments(r, s)] + loose
-    tracker = _Progress(sum(_size(p) for p in segments), progress)
-    scans = _scan_all(segments, jobs, tracker)
+    tracker = ScanProgress(sum(file_size(p) for p in segments), progress)
+    scans = scan(segments, tracker)
     summaries: list[RunSummary] = []
     for run_dir in runs:
         summary, found = _check_run(run_dir, scans)

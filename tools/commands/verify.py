@@ -28,13 +28,14 @@ from ringtape.tools.common import (
     progress_wanted,
     table,
 )
+from ringtape.tools.verify_pool import scanner
 
 
 def run(args: argparse.Namespace) -> int:
     path = check_path(args.path)
     jobs = choose_jobs(path, args.jobs)
     with byte_progress("verifying", progress_wanted(args.json)) as progress:
-        report = verify_path(path, jobs=jobs, progress=progress)
+        report = verify_path(path, scan=scanner(jobs), progress=progress)
     if not report.runs and all(f.kind is Kind.UNREADABLE for f in report.findings):
         why = report.findings[0].detail if report.findings else "no runs found"
         raise CliError(f"{args.path}: nothing to verify: {why}")

@@ -48,6 +48,7 @@ from ringtape.storage.format.entry import Entry
 from ringtape.tools.arguments import DEFAULT_DEMO_DIR
 from ringtape.tools.common import choose_jobs
 from ringtape.tools.demo.session import INSTRUMENTS, BusMessage, MarketData, TradingSession
+from ringtape.tools.verify_pool import scanner
 
 # Every demo run belongs to this instance, so that a base directory holds its demo history.
 DEMO_INSTANCE: Final = uuid.UUID("0d3e5c1a-7b2f-4e8a-9c6d-1f2e3a4b5c6d")
@@ -366,7 +367,7 @@ def run_demo(options: DemoOptions, progress: ProgressFn | None = None) -> DemoRe
         store.seal()  # idempotent; a halted store is released, its run left for recovery
     started = time.perf_counter()
     jobs = choose_jobs(run_dir, options.jobs)
-    report = verify_path(run_dir, jobs=jobs)
+    report = verify_path(run_dir, scan=scanner(jobs))
     verify_s = time.perf_counter() - started
     summary = report.runs[0] if report.runs else None
     if cap.halted is None:
