@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from ringtape.tools.bench.run import BASELINE_NAMES, SECTIONS, format_table
+from ringtape.tools.bench.common import BASELINE_NAMES, SECTIONS
+from ringtape.tools.bench.run import format_table
 
 # One quick bench run takes ~8 s on a quiet 2-core machine and more on a busy one.
 pytestmark = pytest.mark.slow

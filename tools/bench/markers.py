@@ -65,6 +65,7 @@ from ringtape.storage.check.markers import check_marker_stream
 from ringtape.storage.format.markers import TOPIC_HIFI, MarkerGap
 from ringtape.storage.read.markers import iter_markers
 from ringtape.storage.run.manifest import read_manifest
+from ringtape.tools.bench.common import MachineCpu
 
 SCHEMA: Final = "ringtape-bench-markers/1"
 RATE: Final = 200_000
@@ -87,12 +88,9 @@ BATCH: Final = 100
 Mix = list[tuple[DataMarkerClass, str]]
 
 
-def _machine() -> Any:
-    """Machine-wide CPU against this process tree's (``tools/bench/run.py``'s probe; imported
-    late, since that module imports this one)."""
-    from ringtape.tools.bench.run import _MachineCpu
-
-    return _MachineCpu.now()
+def _machine() -> MachineCpu:
+    """Machine-wide CPU against this process tree's."""
+    return MachineCpu.now()
 
 
 class _NoOp:
@@ -299,7 +297,7 @@ def _max_rate(base: Path, quick: bool) -> dict[str, Any]:
     seconds = 0.5 if quick else 2.0
     mix = _mix()
     config = DataMarkerConfig(high_fidelity=list(HIFI))
-    steps = []
+    steps: list[dict[str, Any]] = []
     for rate in (*STEPS, None):
         machine = _machine()
         with _store(base, config) as store:

@@ -1,0 +1,93 @@
+"""``append_latency``: each call timed alone, at a paced rate, ringtape beside its baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ringtape.tools.bench.baselines import (
+    SHAPE_MESSAGE,
+    SHAPE_RECORD,
+)
+from ringtape.tools.bench.common import (
+    LATENCY_RATE,
+    SHAPE_RECORD_CLOCK,
+    TARGET_APPEND_NS,
+    Run,
+    baseline_makers,
+    describe_config,
+    empty_message,
+    empty_record,
+    judge,
+    open_baseline,
+    open_store,
+    process_cpu,
+    ratio,
+    sidecar_supported,
+    store_config,
+    time_paced,
+)
+
+
+def section_append_latency(run: Run) -> dict[str, Any]:
+    items = run.items
+    count = max(1000, int(run.plan.latency_s * LATENCY_RATE))
+    overhead_count = max(1000, int(run.plan.overhead_s * LATENCY_RATE))
+
+    def paced(
+        send: Callable[..., object], shape: str, n: int = count, consumers: Sequence[Any] = ()
+    ) -> dict[str, Any]:
+        cpu0 = process_cpu(consumers)
+        result = time_paced(send, shape, items, LATENCY_RATE, n)
+        report = result.report(LATENCY_RATE)
+        if consumers:
+            used = process_cpu(consumers) - cpu0
+            report["consumer_cpu_percent_of_core"] = used / result.seconds * 100
+        return report
+
+    run.log(f"append latency: timer overhead ({overhead_count} empty calls per shape)")
+    overhead = {
+        "record_call": paced(empty_record, SHAPE_RECORD, overhead_count),
+        "message_call": paced(empty_message, SHAPE_MESSAGE, overhead_count),
+    }
+    config = store_config(run.tmp / "latency")
+    run.log(f"append latency: ringtape ({count} appends per mode at {LATENCY_RATE}/s)")
+    with open_store(config) as opened:
+        channel = opened.channel(items)
+        channel.warm()
+        passed = paced(opened.store.append, SHAPE_RECORD, consumers=channel.consumers)
+        channel.expect(count)
+        own_clock = paced(opened.store.append, SHAPE_RECORD_CLOCK, consumers=channel.consumers)
+        channel.expect(count)
+    ringtape: dict[str, Any] = {
+        "config": describe_config(config),
+        "sidecar_supported": sidecar_supported(),
+        "sidecar_running": opened.sidecar_running,
+        "ts_init_passed": judge(passed, TARGET_APPEND_NS),
+        "default_clock": judge(own_clock, TARGET_APPEND_NS),
+    }
+    baselines: dict[str, Any] = {}
+    for make in baseline_makers():
+        with open_baseline(make, items) as channel:
+            run.log(f"append latency: {channel.name}")
+            channel.warm()
+            baselines[channel.name] = paced(
+                channel.send, channel.shape, consumers=channel.consumers
+            )
+            channel.expect(count)
+    ratios = {
+        mode: {
+            name: {k: ratio(ringtape[mode][k], b[k]) for k in TARGET_APPEND_NS}
+            for name, b in baselines.items()
+        }
+        for mode in ("ts_init_passed", "default_clock")
+    }
+    return {
+        "method": "perf_counter_ns around each call; paced by busy-wait on perf_counter_ns",
+        "rate_per_s": LATENCY_RATE,
+        "calls_per_measurement": count,
+        "timer_overhead": overhead,
+        "ringtape": ringtape,
+        "baselines": baselines,
+        "ratios_ringtape_over_baseline": ratios,
+    }
