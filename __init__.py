@@ -44,6 +44,7 @@ _EXPORTS: Final[dict[str, str]] = {
     "StoreHalted": "ringtape.capture.errors",
     "StoreNotOpen": "ringtape.capture.errors",
     "StoreOptions": "ringtape.capture.store",
+    "StoreStats": "ringtape.capture.session",
     "SystemClock": "ringtape.capture.store",
     "event_store_factory": "ringtape.capture.store",
 }
@@ -71,6 +72,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports on 
         StoreNotOpen as StoreNotOpen,
         WrongThread as WrongThread,
     )
+    from ringtape.capture.session import StoreStats as StoreStats
     from ringtape.capture.store import (
         Clock as Clock,
         EventStore as EventStore,

@@ -111,6 +111,8 @@ class Views(Protocol):
     @property
     def control(self) -> control.ControlBlock: ...
 
+    def mismatch(self, producer_pid: int) -> str | None: ...
+
     def release(self) -> None: ...
 
 
@@ -121,7 +123,8 @@ def serve(
     name: str, args: ChildArgs, views_of: Callable[[memoryview], V], setup: Callable[[V], ChildLoop]
 ) -> NoReturn:
     """A ring child's whole life: attach the ring ``args.shm_name`` (unlinking its name, so it
-    cannot outlive the processes that map it), build its views, ``setup`` the loop (locks,
+    cannot outlive the processes that map it), build its views and check that the control
+    block describes the ring it was told about, ``setup`` the loop (locks,
     doorbell, segment files), ignore group signals, announce ``RUNNING``, run the loop, close
     it. Any failure is written to the control block (errno, text, ``FAILED``) for the kernel
     to report, and the exit status says what kind it was."""
@@ -131,6 +134,12 @@ def serve(
         print(f"ringtape {name}: cannot attach {args.shm_name}: {exc}", file=sys.stderr)
         sys.exit(EXIT_ATTACH_FAILED)
     views = views_of(region.buf)
+    problem = views.mismatch(args.parent_pid)
+    if problem is not None:
+        print(f"ringtape {name}: {args.shm_name}: {problem}", file=sys.stderr)
+        views.release()
+        region.close()
+        sys.exit(EXIT_ATTACH_FAILED)
     words = views.control.words
     words[control.CHILD_PID] = os.getpid()
     code = EXIT_OK

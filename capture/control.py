@@ -3,7 +3,7 @@
 A control block is ``CONTROL_WORDS`` u64 words, laid out the same way for both rings so that one
 child bootstrap (``capture/child.py``) serves the writer and the sidecar::
 
-    word  0..7    written once at start-up, then read-mostly
+    word  0..7    written once at start-up (the child checks them when it attaches)
           0 MAGIC             which ring this is
           1 SLOTS             ring slots (a power of two)
           2 SIZE              ring bytes (entry ring) or record capacity (marker ring)
@@ -74,6 +74,15 @@ class ControlBlock:
         self.words[SIZE] = size
         self.words[PRODUCER_PID] = producer_pid
         self.words[MAGIC] = magic
+
+    def mismatch(self, magic: int, slots: int, size: int, producer_pid: int) -> str | None:
+        """What in the start-up words differs from what the child was told (``None``: all is
+        as expected); a child must not work on a region that is not the one it was given."""
+        found = (self.words[MAGIC], self.words[SLOTS], self.words[SIZE], self.words[PRODUCER_PID])
+        wanted = (magic, slots, size, producer_pid)
+        if found == wanted:
+            return None
+        return f"control block says magic/slots/size/producer {found}, expected {wanted}"
 
     def error_text(self) -> str:
         start = ERROR_TEXT_WORD * 8

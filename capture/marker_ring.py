@@ -113,6 +113,10 @@ class MarkerViews:
         g = self.geometry
         self.control.init(MARKER_MAGIC, g.slots, g.capacity, producer_pid)
 
+    def mismatch(self, producer_pid: int) -> str | None:
+        g = self.geometry
+        return self.control.mismatch(MARKER_MAGIC, g.slots, g.capacity, producer_pid)
+
     def release(self) -> None:
         del self.records, self.rseq
         self.data.release()

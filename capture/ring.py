@@ -112,6 +112,10 @@ class RingViews:
         g = self.geometry
         self.control.init(RING_MAGIC, g.slots, g.ring_bytes, producer_pid)
 
+    def mismatch(self, producer_pid: int) -> str | None:
+        g = self.geometry
+        return self.control.mismatch(RING_MAGIC, g.slots, g.ring_bytes, producer_pid)
+
     def release(self) -> None:
         del self.index_np, self.data_np
         for view in (self.index, self.data):

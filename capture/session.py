@@ -26,9 +26,15 @@ from ringtape.capture.control import STATE_FAILED
 from ringtape.capture.doorbell import Doorbell, new_address
 from ringtape.capture.errors import DISK_ERRNOS, HaltReason
 from ringtape.capture.ring import (
+    BYTES_RAW,
+    BYTES_STORED,
     CLOSE_REQUEST,
     DURABLE_SEQ,
+    FRAMES_WRITTEN,
+    READ_SEQ,
+    SYNCS,
     WRITER_ERRNO,
+    WRITER_HEARTBEAT_NS,
     WRITER_STATE,
     RingGeometry,
     RingViews,
@@ -41,6 +47,31 @@ from ringtape.storage.run.manifest import Manifest
 
 _DURABLE_POLL_S: Final = 0.0005
 _JOIN_S: Final = 5.0
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """A live run's pipeline as the kernel sees it (``EventStore.stats()``)."""
+
+    appended_seq: int  # the last entry appended
+    taken_seq: int  # the last entry the writer took from the ring
+    durable_seq: int  # the last entry fdatasync'd
+    ring_capacity: int  # entries the ring holds
+    commits: int  # group commits (fdatasyncs) so far
+    frames: int
+    bytes_raw: int  # entry record bytes written
+    bytes_stored: int  # segment bytes written (compressed frames)
+    writer_heartbeat_age_s: float  # since the writer last woke or committed
+
+    @property
+    def in_ring(self) -> int:
+        """Entries appended and not yet taken by the writer."""
+        return self.appended_seq - self.taken_seq
+
+    @property
+    def durable_lag(self) -> int:
+        """Entries appended and not yet durable."""
+        return self.appended_seq - self.durable_seq
 
 
 @dataclass
@@ -95,6 +126,20 @@ class Session:
 
     def durable_seq(self) -> int:
         return int(self.views.ctrl[DURABLE_SEQ])
+
+    def stats(self, appended_seq: int) -> StoreStats:
+        ctrl = self.views.ctrl
+        return StoreStats(
+            appended_seq=appended_seq,
+            taken_seq=int(ctrl[READ_SEQ]),
+            durable_seq=int(ctrl[DURABLE_SEQ]),
+            ring_capacity=self.views.geometry.capacity,
+            commits=int(ctrl[SYNCS]),
+            frames=int(ctrl[FRAMES_WRITTEN]),
+            bytes_raw=int(ctrl[BYTES_RAW]),
+            bytes_stored=int(ctrl[BYTES_STORED]),
+            writer_heartbeat_age_s=(time.monotonic_ns() - int(ctrl[WRITER_HEARTBEAT_NS])) / 1e9,
+        )
 
     def closed_cleanly(self) -> bool:
         """The writer made everything up to the close request durable (and then exited)."""

@@ -60,7 +60,7 @@ from ringtape.capture.markers import MarkerLane
 from ringtape.capture.producer import Producer
 from ringtape.capture.retention_supervisor import spawn_supervisor
 from ringtape.capture.ring import RingGeometry
-from ringtape.capture.session import Session, stop_process
+from ringtape.capture.session import Session, StoreStats, stop_process
 from ringtape.capture.shm import remove_orphans
 from ringtape.capture.wait import WAIT_STRATEGIES
 from ringtape.capture.writer import WriterArgs
@@ -395,6 +395,17 @@ class EventStore:
             return session.durable_seq()
         except ValueError:  # released by a teardown on another thread just now
             return self._final_durable
+
+    def stats(self) -> StoreStats | None:
+        """The live pipeline's counters (``None`` when no run is open): shared-memory reads,
+        cheap enough for a monitoring loop, from any thread."""
+        session = self._session
+        if session is None:
+            return None
+        try:
+            return session.stats(self._producer.seq)
+        except ValueError:  # released by a teardown on another thread just now
+            return None
 
     def seal(self, ts_init: int | None = None) -> None:
         """Append ``RunEnded``, make everything durable, mark the run ``ended``; idempotent.

@@ -104,6 +104,7 @@ class WriterLoop:
         self.empty_at = time.monotonic()
         self.started_ns = time.time_ns()
         self.stats_due = 0.0
+        views.ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
 
     def close(self) -> None:
         self.segments.close()

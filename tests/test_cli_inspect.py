@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
 from conftest import INSTANCE, make_run
+from pipeline_support import wait_until
 from test_cli_support import frames, ringtape
 
+from ringtape import EventStore, EventStoreConfig, RegisteredComponents
 from ringtape.storage.run.lock import WriterLock
 from ringtape.storage.run.manifest import read_manifest, write_manifest
 from ringtape.storage.run.status import RunStatus
@@ -145,3 +148,40 @@ def test_prune_mode_from_the_manifest_and_bad_options(tmp_path: Path) -> None:
     assert wrong.returncode == 2 and "bounded" in wrong.stderr
     assert ringtape("prune", tmp_path, "--mode", "weekly").returncode == 2
     assert ringtape("prune", tmp_path / "nope").returncode == 2
+
+
+def test_inspect_of_a_live_run_shows_the_writers_totals(tmp_path: Path) -> None:
+    """A live run: ``writer.lock``'s second line (the writer's totals, once a second) is shown
+    as ring fill, durable lag, commits/s and bytes; ``EventStore.stats()`` reads the same
+    counters from shared memory."""
+    store = EventStore(EventStoreConfig(base_dir=str(tmp_path)))
+    store.open(uuid.uuid4(), RegisteredComponents(), "live")
+    try:
+        for i in range(2000):
+            store.append("events.order.submitted", b'{"n": %d}' % i, payload_type="json")
+        wait_until(lambda: store.durable_seq() >= 2001, what="entries durable")
+        stats = store.stats()
+        assert stats is not None and stats.appended_seq == 2001
+        assert stats.durable_seq == 2001 and stats.durable_lag == 0 and stats.in_ring == 0
+        assert stats.commits >= 1 and stats.frames >= 20 and stats.bytes_raw > 2000 * 40
+        run_dir = store.run_dir()
+        assert run_dir is not None
+
+        def published() -> bool:
+            live = inspect_json(run_dir)[0]["live_stats"]
+            return isinstance(live, dict) and live["durable_seq"] == 2001
+
+        wait_until(published, timeout=10.0, what="the writer's totals in writer.lock")
+        (row,) = inspect_json(run_dir)
+        live = row["live_stats"]
+        assert isinstance(live, dict) and row["live"] is True
+        assert live["in_ring"] == 0 and live["durable_lag"] == 0 and live["capacity"] == 10_000
+        assert live["commits"] >= 1 and live["bytes_stored"] > 0
+        text = ringtape("inspect", run_dir).stdout
+        assert f"live {run_dir.name}: ring 0 of 10,000 entries (0.0% full)" in text
+        assert "commits/s" in text
+    finally:
+        store.seal()
+    assert store.stats() is None
+    (row,) = inspect_json(run_dir)
+    assert row["live"] is False and row["live_stats"] is None

@@ -141,3 +141,21 @@ def test_version_from_the_command_line() -> None:
         check=True,
     )
     assert out.stdout.strip() == f"ringtape {ringtape.__version__}"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["verify", "--help"], ["inspect", "--help"]])
+def test_help_imports_no_command_work(argv: list[str]) -> None:
+    """``ringtape --help`` builds every subcommand's parser from tools/arguments.py alone: no
+    benchmark, no numpy, no rich (what made it take over a second under load)."""
+    code = (
+        "import sys, json\n"
+        "from ringtape.tools.cli import main\n"
+        f"code = main({argv!r})\n"
+        "work = ('ringtape.tools.bench', 'ringtape.tools.commands', 'ringtape.storage')\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'rich')"
+        " or m.startswith(work))\n"
+        "print(json.dumps([code, heavy]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    status, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert status == 0 and heavy == [], heavy

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from ringtape.storage.check.verify import find_runs
 from ringtape.storage.format.frame import SEGMENT_HEADER_SIZE
 from ringtape.storage.read.markers import iter_marker_entries
 from ringtape.storage.run.layout import MARKER_LOCK_NAME, SEGMENT_RE, list_segments
-from ringtape.storage.run.lock import writer_alive
+from ringtape.storage.run.lock import read_live_stats, writer_alive
 from ringtape.storage.run.manifest import ManifestError, read_manifest
 from ringtape.storage.segment.file import SegmentFile
 from ringtape.storage.segment.walk import Broken, Torn, next_frame, read_segment_header
@@ -108,6 +109,7 @@ class RunRow:
     anchors: int
     markers: dict[str, int] = field(default_factory=dict)
     note: str | None = None
+    live_stats: dict[str, Any] | None = None  # the writer's totals, while it runs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,6 +180,43 @@ def describe_run(run_dir: Path) -> RunRow:
         anchors=0 if manifest is None else len(manifest.anchors),
         markers=marker_counts(run_dir) if markers.segments else {"total": 0},
         note="; ".join(notes) or None,
+        live_stats=live_stats(run_dir) if live else None,
+    )
+
+
+def live_stats(run_dir: Path) -> dict[str, Any] | None:
+    """The live writer's totals (``writer.lock``'s second line, rewritten once a second) with
+    what they mean: ring fill, durable lag, commits per second."""
+    line = read_live_stats(run_dir)
+    if line is None:
+        return None
+    try:
+        stats: dict[str, Any] = json.loads(line)
+        published, taken = int(stats["published_seq"]), int(stats["taken_seq"])
+        durable, capacity = int(stats["durable_seq"]), int(stats["capacity"])
+        running_s = (int(stats["updated_ns"]) - int(stats["started_ns"])) / 1e9
+        commits = int(stats["commits"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    stats["in_ring"] = published - taken
+    stats["ring_fill"] = (published - taken) / capacity if capacity else None
+    stats["durable_lag"] = published - durable
+    stats["commits_per_s"] = commits / running_s if running_s > 0 else None
+    stats["age_s"] = max(0.0, time.time() - int(stats["updated_ns"]) / 1e9)
+    return stats
+
+
+def _live_line(row: RunRow) -> str | None:
+    s = row.live_stats
+    if s is None:
+        return None
+    rate = s["commits_per_s"]
+    return (
+        f"live {row.run_id}: ring {s['in_ring']:,} of {s['capacity']:,} entries"
+        f" ({(s['ring_fill'] or 0) * 100:.1f}% full), durable lag {s['durable_lag']:,} entries,"
+        f" {'-' if rate is None else f'{rate:,.0f}'} commits/s,"
+        f" {human_bytes(s['bytes_raw'])} raw -> {human_bytes(s['bytes_stored'])} stored"
+        f" (as of {s['age_s']:.1f} s ago)"
     )
 
 
@@ -268,4 +307,7 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         if row.note:
             out.print(f"note: {row.run_id or row.path}: {row.note}", markup=False)
+        line = _live_line(row)
+        if line is not None:
+            out.print(line, markup=False)
     return EXIT_OK
