@@ -151,7 +151,7 @@ def serve(
         loop.close()
     except Exception as exc:  # the kernel must learn why its child stopped
         err, text, code = describe_failure(exc)
-        views.control.report_failure(text, err)
+        views.control.report_failure(text, err, type(exc).__name__)
     finally:
         views.release()
         region.close()

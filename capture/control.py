@@ -20,7 +20,8 @@ child bootstrap (``capture/child.py``) serves the writer and the sidecar::
          21 ERRNO             the errno of a failure (0: none)
          22 CHILD_PID         the child process
          23 HEARTBEAT_NS      the child's monotonic clock when it last woke or committed
-         17, 19, 24..31       the ring's own consumer words
+         31 FAILURE_KIND      which kind of failure STATE FAILED reports (FAILURE_KINDS)
+         17, 19, 24..30       the ring's own consumer words
     word 32..63   ERROR_TEXT: why the child failed, NUL-padded UTF-8
 
 WAKE_SEQ is read by the producer on every append, and written by the child only when it goes
@@ -51,8 +52,13 @@ STATE: Final = 20
 ERRNO: Final = 21
 CHILD_PID: Final = 22
 HEARTBEAT_NS: Final = 23
+FAILURE_KIND: Final = 31
 ERROR_TEXT_WORD: Final = 32
 ERROR_TEXT_BYTES: Final = (CONTROL_WORDS - ERROR_TEXT_WORD) * 8
+
+# Failure kinds (the FAILURE_KIND word): 0 is any failure the text describes; the others name a
+# halt reason of their own (the exception class a child raises for it has the same name).
+FAILURE_KINDS: Final = ("", "InvalidRecord")
 
 # Child states (the STATE word).
 STATE_STARTING: Final = 0
@@ -89,14 +95,19 @@ class ControlBlock:
         raw = bytes(self.words.cast("B")[start : start + ERROR_TEXT_BYTES])
         return raw.rstrip(b"\0").decode("utf-8", "replace")
 
-    def report_failure(self, text: str, err: int) -> None:
-        """A child's last act: why it failed (text, errno), then its state (what the kernel
-        polls) — in that order, so the reason is there when the state says FAILED."""
+    def report_failure(self, text: str, err: int, kind: str = "") -> None:
+        """A child's last act: why it failed (text, errno, kind), then its state (what the
+        kernel polls) — in that order, so the reason is there when the state says FAILED."""
         start = ERROR_TEXT_WORD * 8
         data = text.encode()[: ERROR_TEXT_BYTES - 1].ljust(ERROR_TEXT_BYTES, b"\0")
         self.words.cast("B")[start : start + ERROR_TEXT_BYTES] = data
         self.words[ERRNO] = err
+        self.words[FAILURE_KIND] = FAILURE_KINDS.index(kind) if kind in FAILURE_KINDS else 0
         self.words[STATE] = STATE_FAILED
+
+    def failure_kind(self) -> str:
+        code = int(self.words[FAILURE_KIND])
+        return FAILURE_KINDS[code] if code < len(FAILURE_KINDS) else ""
 
     def release(self) -> None:
         self.words.release()

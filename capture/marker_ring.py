@@ -134,6 +134,20 @@ class MarkerRingReader:
         self.max_take = min(MAX_TAKE, g.capacity)
         self.read = int(views.ctrl[READ_SEQ])
 
+    def has(self, rseq: int) -> bool:
+        """Whether record ``rseq`` (> read) is published: one look at its commit word."""
+        return int(self.v.rseq[rseq & self.smask]) == rseq
+
+    def frontier_problem(self) -> str | None:
+        """Why the next slot holds a commit word the kernel never writes there (``None``: the
+        next record is published, or not yet: the slot then holds the record of the lap
+        before, or nothing)."""
+        nxt = self.read + 1
+        found = int(self.v.rseq[nxt & self.smask])
+        if found in (nxt, max(0, nxt - self.v.geometry.slots)):
+            return None
+        return f"marker ring record {nxt}: its slot holds record {found}"
+
     def has_next(self) -> bool:
         nxt = self.read + 1
         return int(self.v.rseq[nxt & self.smask]) == nxt

@@ -3,23 +3,30 @@
 Loop, top to bottom:
 
 1. Take everything the kernel published (validated by each record's ``rseq``, see
-   capture/markers.py) into a bounded backlog, freeing the ring at once, and fold the backlog in
-   chunks between takes. Behind: go round again at once. A trickle: nap ~1 ms first, so that
-   each pass folds a batch rather than a few records (per-pass numpy costs dominate small
-   batches). Nothing new: idle through the wait strategy, never past the next deadline (safety
-   flush, commit), so a timer fires even when no message arrives.
-2. Fold it (:class:`MarkerFolder`, no I/O): one cursor per (class, instrument) stream, a
-   ``marker.cursor`` snapshot of the advanced cursors whenever ``event_seq_before`` moves (an
-   entry was appended since), one ``marker.hifi`` per message of a high-fidelity instrument, a
-   ``marker.stream`` dictionary record per new stream, a ``marker.gap`` where observation
-   numbers jump (the kernel dropped them on a full ring).
+   capture/marker_ring.py), freeing the ring at once, and fold it in chunks.
+2. Fold it (:class:`~ringtape.capture.marker_fold.MarkerFolder`, no I/O): one cursor per
+   (class, instrument) stream, a ``marker.cursor`` snapshot of the advanced cursors whenever
+   ``event_seq_before`` moves (an entry was appended since), one ``marker.hifi`` per message of
+   a high-fidelity instrument, a ``marker.stream`` dictionary record per new stream, a
+   ``marker.gap`` where observation numbers jump (the kernel dropped them on a full ring).
 3. When data advanced but no snapshot was written for ``safety_flush_interval``: snapshot.
-4. Commit (at most every ``commit_latency_s``, or when much is waiting): frames to the marker
-   segments; the :class:`Syncer` thread fdatasyncs them and then publishes
-   ``DURABLE_MARKER_SEQ``/``DURABLE_OBS``, so a slow disk delays durability, never draining.
-5. On the kernel's close request: drain up to ``FINAL_RSEQ``, a last snapshot, a trailing gap
-   for drops after the last delivered observation, commit, ``CLOSED``. When the kernel process
-   is gone: the same without the trailing gap; the run stays for the recovery sweep.
+4. Write frames for what was folded; ask the :class:`Syncer` thread for an ``fdatasync`` at
+   most every ``sync_interval_s`` (it publishes ``DURABLE_MARKER_SEQ``/``DURABLE_OBS`` only after
+   it), so a slow disk delays durability, never draining.
+5. Sleep until the next pass: ``interval_s`` (or the next safety flush), sooner only if the ring
+   fills to half its capacity (``WAKE_SEQ``: the kernel rings once). Markers are not on the
+   entries' durability path, so the sidecar works in a few large passes a second rather than
+   chasing each record: on a 2-core machine its CPU is the trading thread's.
+6. On the kernel's close request: drain up to ``FINAL_RSEQ``, a last snapshot, a trailing gap
+   for drops after the last delivered observation, write, ``fdatasync``, ``CLOSED``. When the
+   kernel process is gone: the same without the trailing gap; the run stays for the recovery
+   sweep. A record that claims to be published but does not validate for ``stall_s`` ends the
+   sidecar with a ``ProtocolError`` (the lane records ``MarkerLaneFailed``).
+
+Durability of markers: every marker record is durable within about ``sync_interval_s`` +
+``interval_s`` of its observation (1.05 s by default); ``DURABLE_MARKER_SEQ`` says exactly how far.
+Process deaths lose nothing written (the page cache keeps it); a power loss may lose the last
+second of markers, never an entry, and recovery cuts the marker stream's torn tail.
 """
 
 from __future__ import annotations
@@ -28,14 +35,11 @@ import os
 import subprocess
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import numpy as np
-import numpy.typing as npt
 
 from ringtape.capture.child import ChildArgs, serve, spawn_child
 from ringtape.capture.control import STATE_CLOSED
@@ -55,6 +59,7 @@ from ringtape.capture.marker_ring import (
     MarkerGeometry,
     MarkerRingReader,
     MarkerViews,
+    ProtocolError,
 )
 from ringtape.storage.format.frame import STREAM_MARKERS
 from ringtape.storage.format.markers import (
@@ -66,12 +71,10 @@ from ringtape.storage.run.lock import WriterLock
 from ringtape.storage.segment.writer import SegmentWriter
 
 FOLD_CHUNK: Final = 2048
-BUSY_TAKE: Final = 1024  # a take this large means the sidecar is behind: no nap
-MAX_BACKLOG: Final = 1 << 20
+MAX_PASS: Final = 1 << 18  # records folded in one pass before the loop looks around again
 FRAME_RECORDS: Final = 4096
-COMMIT_RECORDS: Final = 16384
-IDLE_SLEEP_S: Final = 0.05
-NAP_S: Final = 0.001
+MIN_SLEEP_S: Final = 0.001
+INVALID_POLL_S: Final = 0.005  # how often an invalid next record is looked at again
 
 
 @dataclass(frozen=True)
@@ -80,51 +83,14 @@ class SidecarArgs(ChildArgs):
 
     high_fidelity: tuple[str, ...] = ()
     safety_flush_s: float = 1.0
-    commit_latency_s: float = 0.01
+    interval_s: float = 0.05  # between passes, unless the ring fills to half first
+    sync_interval_s: float = 1.0  # between fdatasyncs of the marker segments
+    stall_s: float = 0.25  # how long a record that does not validate is tolerated
 
 
 def spawn_sidecar(args: SidecarArgs) -> subprocess.Popen[bytes]:
     """Start the sidecar process (``sidecar_main``)."""
     return spawn_child(__name__, "sidecar_main", args)
-
-
-class NapWait:
-    """The sidecar's wait strategy: a few polls, then short naps, then a doorbell sleep.
-
-    Markers are not latency-sensitive and the ring holds ``channel_capacity`` records, so
-    instead of spinning the sidecar naps (``nap_s``, unannounced: the kernel rings no bell for
-    it) and takes what piled up in one batch; only after ``naps`` empty naps in a row does it
-    announce a real sleep through ``sleep`` (the doorbell wakes it). On a 2-core machine
-    this keeps the sidecar from competing with the kernel's thread for a core.
-    """
-
-    def __init__(
-        self,
-        sleep: Callable[[float], None],
-        *,
-        polls: int = 4,
-        naps: int = 100,
-        nap_s: float = NAP_S,
-        sleep_timeout: float = IDLE_SLEEP_S,
-    ) -> None:
-        self._sleep = sleep
-        self._polls = polls
-        self._naps = polls + naps
-        self._nap_s = nap_s
-        self._timeout = sleep_timeout
-
-    @property
-    def trickle(self) -> int:
-        """The streak to idle with after taking a few records: straight to a nap."""
-        return self._polls
-
-    def idle(self, streak: int) -> None:
-        if streak < self._polls:
-            return
-        if streak < self._naps:
-            time.sleep(self._nap_s)
-            return
-        self._sleep(self._timeout)
 
 
 class Syncer:
@@ -201,35 +167,11 @@ class SidecarLoop:
         self.doorbell = doorbell
         self.folder = MarkerFolder(args.high_fidelity)
         self.syncer = Syncer(segments, views.ctrl)
-        self.backlog: deque[npt.NDArray[np.void]] = deque()
-        self.backlog_len = 0
-        self.wait = NapWait(self._sleep)
-        self.out_since = 0.0
+        self.half_ring = max(1, views.geometry.capacity // 2)
+        self.sync_due = 0.0
+        self.unsynced = False  # frames written since the last sync request
+        self.invalid_since: float | None = None
         self.stop_requested = False
-
-    # -- waiting ----------------------------------------------------------------------------
-
-    def deadline(self) -> float | None:
-        """The next moment something must happen without a new message (flush, commit)."""
-        d: float | None = None
-        if self.folder.dirty:
-            d = self.folder.dirty_since + self.args.safety_flush_s
-        if self.folder.out:
-            c = self.out_since + self.args.commit_latency_s
-            d = c if d is None else min(d, c)
-        return d
-
-    def _sleep(self, timeout: float) -> None:
-        ctrl = self.ctrl
-        d = self.deadline()
-        if d is not None:
-            # At least a nap: a commit that waits for the syncer must not make this a spin.
-            timeout = min(timeout, max(NAP_S, d - time.monotonic()))
-        ctrl[WAKE_SEQ] = self.ring.read + 1
-        # Re-check after asking for a bell: a record published just before would ring none.
-        if not self.ring.has_next() and not ctrl[CLOSE_REQUEST]:
-            self.doorbell.wait(timeout)
-        ctrl[WAKE_SEQ] = WAKE_NEVER
 
     def parent_gone(self) -> bool:
         return self.stop_requested or os.getppid() != self.args.parent_pid
@@ -239,34 +181,16 @@ class SidecarLoop:
     def run(self) -> None:
         ctrl = self.ctrl
         folder = self.folder
-        streak = 0
         while True:
             self.syncer.check()
-            took = self.pull()
-            rows = self.next_chunk()
+            took = self.drain()
             now = time.monotonic()
-            if rows is not None:
-                if not folder.out:
-                    self.out_since = now
-                folder.feed(rows, now)
             if folder.dirty and now - folder.dirty_since >= self.args.safety_flush_s:
-                if not folder.out:
-                    self.out_since = now
                 folder.snapshot(REASON_SAFETY_FLUSH)
-            if folder.out and (
-                len(folder.out) >= COMMIT_RECORDS
-                or now - self.out_since >= self.args.commit_latency_s
-            ):
-                self.commit()
-            if self.backlog or took >= BUSY_TAKE:
-                streak = 0  # behind: take and fold again at once
-                continue
-            if took or rows is not None:
-                # A trickle: nap, then take what piled up meanwhile in one batch. Polling again
-                # at once would fold a few records per pass, paying the per-batch cost each time.
-                streak = self.wait.trickle
-                self.wait.idle(streak)
-                continue
+            if folder.out or (self.unsynced and now >= self.sync_due):
+                self.commit(sync=now >= self.sync_due)
+            if took >= MAX_PASS:
+                continue  # behind: go round again at once
             if ctrl[CLOSE_REQUEST] and self.ring.read >= int(ctrl[FINAL_RSEQ]):
                 folder.finish(int(ctrl[FINAL_OBS]))
                 self.commit(final=True)
@@ -276,53 +200,52 @@ class SidecarLoop:
                 folder.finish(None)  # unknown: what the kernel dropped at the end is lost
                 self.commit(final=True)
                 return
-            streak += 1
-            self.wait.idle(streak)
+            self._sleep()
 
-    def pull(self) -> int:
-        """Take everything published into the backlog, freeing ring space at once; returns
-        how many records were taken.
-
-        Taking is a copy, far cheaper than folding: a sidecar that gets little CPU for a
-        while (a busy 2-core machine) still empties the ring whenever it runs, and folds the
-        backlog in chunks between pulls. The backlog is bounded (``MAX_BACKLOG`` records);
-        past that the ring fills and the kernel's drops become gaps, as they must.
-        """
+    def drain(self) -> int:
+        """Take and fold what is published, up to ``MAX_PASS`` records; returns how many."""
         took = 0
-        while self.backlog_len < MAX_BACKLOG and (rows := self.ring.take()) is not None:
-            self.backlog.append(rows)
-            self.backlog_len += len(rows)
+        while took < MAX_PASS and (rows := self.ring.take()) is not None:
+            now = time.monotonic()
+            for start in range(0, len(rows), FOLD_CHUNK):
+                self.folder.feed(rows[start : start + FOLD_CHUNK], now)
             took += len(rows)
-            if len(rows) < BUSY_TAKE:
-                break  # caught up: what trickles in meanwhile waits for the next pass
+        if took:
+            self.invalid_since = None
         return took
 
-    def next_chunk(self) -> npt.NDArray[np.void] | None:
-        """Up to ``FOLD_CHUNK`` records from the front of the backlog, in one array."""
-        backlog = self.backlog
-        if not backlog:
-            return None
-        parts = []
-        n = 0
-        while backlog and n < FOLD_CHUNK:
-            rows = backlog.popleft()
-            if n + len(rows) > FOLD_CHUNK:
-                backlog.appendleft(rows[FOLD_CHUNK - n :])
-                rows = rows[: FOLD_CHUNK - n]
-            parts.append(rows)
-            n += len(rows)
-        self.backlog_len -= n
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    def _sleep(self) -> None:
+        """Until the next pass, the next safety flush, or the ring half full (a bell)."""
+        ctrl = self.ctrl
+        timeout = self.args.interval_s
+        if self.unsynced:
+            timeout = min(timeout, max(MIN_SLEEP_S, self.sync_due - time.monotonic()))
+        if self.folder.dirty:
+            flush_in = self.folder.dirty_since + self.args.safety_flush_s - time.monotonic()
+            timeout = min(timeout, max(MIN_SLEEP_S, flush_in))
+        problem = self.ring.frontier_problem()
+        if problem is not None:
+            now = time.monotonic()
+            self.invalid_since = self.invalid_since or now
+            if now - self.invalid_since >= self.args.stall_s:
+                raise ProtocolError(problem)
+            timeout = min(timeout, INVALID_POLL_S)
+        wake = self.ring.read + self.half_ring
+        ctrl[WAKE_SEQ] = wake
+        # Look again after asking for a bell: records published just before would ring none.
+        if not self.ring.has(wake) and not ctrl[CLOSE_REQUEST]:
+            self.doorbell.wait(timeout)
+        ctrl[WAKE_SEQ] = WAKE_NEVER
 
     def close(self) -> None:
         self.segments.close()
         self.doorbell.close()
         self.lock.release()
 
-    def commit(self, *, final: bool = False) -> None:
-        """Write frames for everything produced and hand them to the syncer. While the syncer
-        is inside an fdatasync the frames wait in memory and the loop goes on draining the
-        ring. ``final``: stop the syncer, then write and sync here."""
+    def commit(self, *, sync: bool = False, final: bool = False) -> None:
+        """Write frames for everything folded; with ``sync``, hand a sync to the syncer (if it
+        is inside an fdatasync already, the frames wait in memory and the loop goes on
+        draining the ring). ``final``: stop the syncer, then write and sync here."""
         if final:
             self.syncer.stop()
         elif not self.syncer.io.acquire(blocking=False):
@@ -334,6 +257,7 @@ class SidecarLoop:
                 lengths = np.fromiter((len(r) for r in chunk), np.int64, len(chunk))
                 offsets = np.cumsum(lengths) - lengths
                 self.segments.append(b"".join(chunk), offsets, first_seq + i)
+                self.unsynced = True
         finally:
             if not final:
                 self.syncer.io.release()
@@ -343,7 +267,9 @@ class SidecarLoop:
         if final:
             self.segments.sync()
             self.syncer.publish(mark)
-        else:
+        elif sync and self.unsynced:
+            self.sync_due = time.monotonic() + self.args.sync_interval_s
+            self.unsynced = False
             self.syncer.request(mark)
 
 

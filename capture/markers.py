@@ -168,6 +168,7 @@ class MarkerLane:
         segment_max_bytes: int,
         compression_level: int,
         ready_timeout: float = 5.0,
+        stall_s: float = 0.25,
     ) -> None:
         """Create the ring, spawn the sidecar and wait (up to ``ready_timeout``) until it runs,
         so that a burst of data right after ``open`` does not overflow a ring nobody drains yet.
@@ -176,13 +177,18 @@ class MarkerLane:
         self._reset()
         self._run_dir = run_dir
         try:
-            self._start(run_id, segment_max_bytes, compression_level, ready_timeout)
+            self._start(run_id, segment_max_bytes, compression_level, ready_timeout, stall_s)
         except BaseException:
             self.kill()
             raise
 
     def _start(
-        self, run_id: str, segment_max_bytes: int, compression_level: int, ready_timeout: float
+        self,
+        run_id: str,
+        segment_max_bytes: int,
+        compression_level: int,
+        ready_timeout: float,
+        stall_s: float,
     ) -> None:
         g = self._geometry
         try:
@@ -208,6 +214,7 @@ class MarkerLane:
             safety_flush_s=self.config.safety_flush_interval.total_seconds(),
             segment_max_bytes=segment_max_bytes,
             compression_level=compression_level,
+            stall_s=stall_s,
         )
         try:
             process = spawn_sidecar(args)

@@ -126,9 +126,9 @@ class Producer:
         self._bell = bell
         self._rang = 0
         self.seq = 0
-        self.pos = 0
+        self.pos = views.first_position
         self.take_over(owner)
-        self._fast_limit = self._geometry.ring_bytes
+        self._fast_limit = self.pos + self._geometry.ring_bytes
         self._seq_limit = self._geometry.capacity
 
     def unbind(self) -> None:

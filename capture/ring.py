@@ -15,8 +15,10 @@ producer skips to the next lap instead), and then publishes it by storing ``pos`
 counter for the producer to maintain: the index slot is it.
 
 The consumer (the writer process) finds the frontier itself: for the seqs after ``READ_SEQ`` it
-gathers index slots and record headers with numpy and accepts a record only if its slot points
-at or after ``READ_POS`` (a slot from an earlier lap points before it), its header carries that
+looks at index slots and record headers and accepts a record only if its slot points at or
+after ``READ_POS`` (a slot from an earlier lap points before it; positions start at
+``ring_bytes``, one lap in, so that the zeroed slots of a fresh ring point before the first
+record too), its header carries that
 very ``seq``, its length is in bounds and it ends where the next record starts. The first record
 that fails is the frontier; it is simply looked at again on the next poll. The consumer then
 returns ``READ_SEQ``/``READ_POS`` to free space.
@@ -36,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ringtape.capture import control
-from ringtape.storage.format.entry import ENTRY_HEADER_SIZE
+from ringtape.storage.format.entry import ENTRY_HEADER_SIZE, TS_PUBLISH_OFFSET
 
 # Control block words (capture/control.py has the layout both rings share).
 MAGIC: Final = control.MAGIC
@@ -58,11 +60,14 @@ SYNCS: Final = 24
 FRAMES_WRITTEN: Final = 25
 BYTES_RAW: Final = 26
 BYTES_STORED: Final = 27
+TS_BACKWARDS: Final = 28  # entries whose ts_init is below the one before (a clock going back)
+TS_BACKWARDS_FIRST: Final = 29  # the seq of the first of them
 CONTROL_BYTES: Final = control.CONTROL_BYTES
 
 RING_MAGIC: Final = 0x52494E4754415045  # "RINGTAPE"
 
 MIN_RING_BYTES: Final = 256 * 1024
+WALK_MAX: Final = 256  # takes up to this many records walk the ring (see RingConsumer.take)
 FRAME_BYTES: Final = 4 * 1024 * 1024  # records per frame, past its first (frames stay small)
 BYTES_PER_SLOT: Final = 512
 
@@ -110,7 +115,14 @@ class RingViews:
 
     def init_control(self, producer_pid: int) -> None:
         g = self.geometry
+        self.ctrl[READ_POS] = g.ring_bytes  # first_position(): one lap in
         self.control.init(RING_MAGIC, g.slots, g.ring_bytes, producer_pid)
+
+    @property
+    def first_position(self) -> int:
+        """Where the first record goes: one lap in, so that a zeroed index slot (0) always
+        points before any record and can never pass for a published one."""
+        return self.geometry.ring_bytes
 
     def mismatch(self, producer_pid: int) -> str | None:
         g = self.geometry
@@ -127,16 +139,21 @@ _LEN_SPAN: Final = np.arange(0, 4, dtype=np.int64)
 _SEQ_SPAN: Final = np.arange(16, 24, dtype=np.int64)
 _TS_INIT: Final = np.arange(24, 32, dtype=np.int64)
 _TS_PUBLISH: Final = np.arange(32, 40, dtype=np.int64)
+_WALK_HEADER: Final = struct.Struct("<I12xQQ")  # record_len, seq, ts_init
+_TS_PUBLISH_AT: Final = struct.Struct("<Q")
 
 
 @dataclass
 class Batch:
-    """Entries ``first_seq .. first_seq + count - 1`` copied out of the ring."""
+    """Entries ``first_seq .. first_seq + count - 1`` copied out of the ring, ``ts_publish``
+    stamped."""
 
     first_seq: int
     records: bytearray
     offsets: npt.NDArray[np.int64]  # start of each record in ``records``
     end_pos: int  # absolute ring position after the last record
+    ts_backwards: int = 0  # entries whose ts_init is below the entry before them
+    ts_backwards_first: int = 0  # the seq of the first of them (0: none)
 
     @property
     def count(self) -> int:
@@ -176,6 +193,7 @@ class RingConsumer:
         g = views.geometry
         self._rmask = g.ring_bytes - 1
         self._smask = g.slots - 1
+        self.last_ts_init = 0  # of the last record taken: ts_init going backwards is counted
         self.read_seq = int(views.ctrl[READ_SEQ])
         self.read_pos = int(views.ctrl[READ_POS])
         self._last_take = 0
@@ -202,6 +220,33 @@ class RingConsumer:
             else:
                 hi = mid - 1
         return self.read_seq + lo
+
+    def frontier_problem(self) -> str | None:
+        """Why the next record, whose index slot says it is published, does not validate
+        (``None``: it is not published yet, or it is valid). The producer writes a record
+        before its slot, so a slot of this lap pointing at a record that does not check out
+        is not a write in progress but something the producer never writes (two threads
+        appending at once, say): the writer reports it rather than wait for it forever."""
+        v = self.v
+        seq = self.read_seq + 1
+        pos = int(v.index[seq & self._smask])
+        if pos < self.read_pos:
+            return None  # a slot of an earlier lap: not published yet
+        ring_bytes = v.geometry.ring_bytes
+        next_lap = (self.read_pos + self._rmask) & ~self._rmask
+        where = f"seq {seq} at ring position {pos}"
+        if pos not in (self.read_pos, next_lap):
+            return f"{where}: the record before it ends at {self.read_pos}"
+        phys = pos & self._rmask
+        if phys + ENTRY_HEADER_SIZE > ring_bytes:
+            return f"{where}: no room for a record header before the ring's end"
+        length = int.from_bytes(v.data[phys : phys + 4], "little")
+        header_seq = int.from_bytes(v.data[phys + 16 : phys + 24], "little")
+        if header_seq != seq:
+            return f"{where}: the record there says seq {header_seq}"
+        if length < ENTRY_HEADER_SIZE or phys + length > ring_bytes:
+            return f"{where}: record length {length} is out of bounds"
+        return None
 
     def _scan(self, count: int) -> tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """How many of the next ``count`` seqs are published, with their positions and lengths.
@@ -239,11 +284,94 @@ class RingConsumer:
             n = int(np.argmin(good))
         return n, pos[:n], lengths[:n]
 
-    def take(self, max_entries: int, max_bytes: int) -> Batch | None:
+    def take(self, max_entries: int, max_bytes: int, ts_publish: int | None) -> Batch | None:
         """Copy out the published entries after ``read_seq`` (at most ``max_entries`` and, past
-        the first, ``max_bytes``). Space is returned to the producer before this returns.
-        """
+        the first, ``max_bytes``), stamping ``ts_publish`` into each (``None``: its own
+        ``ts_init``, for deterministic backtests). Space is returned to the producer before
+        this returns.
+
+        A take of up to ``WALK_MAX`` records walks the ring record by record; a larger one is
+        checked with numpy, whose fixed cost per call only pays off on larger batches."""
         limit = min(max_entries, self.v.geometry.capacity)
+        if limit <= WALK_MAX or not self.has(self.read_seq + WALK_MAX):
+            batch = self._walk(min(limit, WALK_MAX), max_bytes, ts_publish)
+        else:
+            batch = self._take_vectorised(limit, max_bytes)
+            if batch is not None:
+                stamp_publish_time(batch, ts_publish)
+                self.last_ts_init = count_ts_backwards(batch, self.last_ts_init)
+        if batch is None:
+            return None
+        self.read_seq = batch.last_seq
+        self.read_pos = batch.end_pos
+        v = self.v
+        v.ctrl[READ_POS] = batch.end_pos
+        v.ctrl[READ_SEQ] = self.read_seq
+        return batch
+
+    def _walk(self, limit: int, max_bytes: int, ts_publish: int | None) -> Batch | None:
+        """The checks of ``_scan``, one record at a time, and the stamp and the ``ts_init``
+        count on the way."""
+        v = self.v
+        index, data, smask, rmask = v.index, v.data, self._smask, self._rmask
+        ring_bytes = v.geometry.ring_bytes
+        unpack = _WALK_HEADER.unpack_from
+        first = seq = self.read_seq + 1
+        pos = self.read_pos
+        runs: list[tuple[int, int]] = []  # contiguous physical byte ranges to copy
+        run_start = pos & rmask
+        offsets: list[int] = []
+        stamps: list[int] = []
+        out = 0  # bytes taken so far
+        last_ts = self.last_ts_init
+        back = back_first = 0
+        while len(offsets) < limit:
+            slot = index[seq & smask]
+            if slot != pos:
+                lap = (pos + rmask) & ~rmask  # a record that did not fit went to the next lap
+                if slot != lap or slot < self.read_pos:
+                    break
+                runs.append((run_start, pos & rmask if pos & rmask else ring_bytes))
+                pos = slot
+                run_start = 0
+            phys = pos & rmask
+            if phys + ENTRY_HEADER_SIZE > ring_bytes:
+                break
+            length, header_seq, ts = unpack(data, phys)
+            if header_seq != seq or length < ENTRY_HEADER_SIZE or phys + length > ring_bytes:
+                break
+            if max_bytes and offsets and out + length > max_bytes:
+                break
+            if ts < last_ts:
+                back += 1
+                back_first = back_first or seq
+            last_ts = ts
+            offsets.append(out)
+            stamps.append(ts)
+            out += length
+            pos += length
+            seq += 1
+        if not offsets:
+            return None
+        end = pos & rmask or ring_bytes
+        runs.append((run_start, end))
+        records = bytearray(out) if len(runs) > 1 else bytearray(data[run_start:end])
+        if len(runs) > 1:
+            at = 0
+            for lo, hi in runs:
+                records[at : at + hi - lo] = data[lo:hi]
+                at += hi - lo
+        pack = _TS_PUBLISH_AT.pack_into
+        if ts_publish is None:
+            for off, ts in zip(offsets, stamps, strict=True):
+                pack(records, off + TS_PUBLISH_OFFSET, ts)
+        else:
+            for off in offsets:
+                pack(records, off + TS_PUBLISH_OFFSET, ts_publish)
+        self.last_ts_init = last_ts
+        return Batch(first, records, np.array(offsets, dtype=np.int64), pos, back, back_first)
+
+    def _take_vectorised(self, limit: int, max_bytes: int) -> Batch | None:
         window = min(max(64, self._last_take), limit)
         while True:  # widen the look-ahead geometrically while everything in it is published
             n, pos, lengths = self._scan(window)
@@ -254,7 +382,6 @@ class RingConsumer:
         if n == 0:
             return None
         first = self.read_seq + 1
-        v = self.v
         ends = pos + lengths
         if max_bytes and n > 1:
             over = np.flatnonzero(ends - pos[0] > max_bytes)
@@ -269,19 +396,28 @@ class RingConsumer:
         out = 0
         starts = [0, *breaks.tolist()]
         stops = [*breaks.tolist(), n]
-        data = v.data
+        data = self.v.data
         for a, b in zip(starts, stops, strict=True):
             lo = int(phys[a])
             hi = int(phys[b - 1] + lengths[b - 1])
             records[out : out + hi - lo] = data[lo:hi]
             offsets[a:b] = phys[a:b] - lo + out
             out += hi - lo
-        end_pos = int(ends[-1])
-        self.read_seq = first + n - 1
-        self.read_pos = end_pos
-        v.ctrl[READ_POS] = end_pos
-        v.ctrl[READ_SEQ] = self.read_seq
-        return Batch(first, records, offsets, end_pos)
+        return Batch(first, records, offsets, int(ends[-1]))
+
+
+def count_ts_backwards(batch: Batch, last: int) -> int:
+    """Count (into ``batch``) its entries whose ``ts_init`` is below the entry before them
+    (``last``: the previous batch's last one, 0 for none); returns the batch's last ts_init."""
+    buf = np.frombuffer(batch.records, dtype=np.uint8)
+    ts = buf[batch.offsets[:, None] + _TS_INIT].view("<u8").reshape(-1)
+    prev = np.empty_like(ts)
+    prev[0] = last
+    prev[1:] = ts[:-1]
+    back = np.flatnonzero(ts < prev)
+    batch.ts_backwards = int(back.size)
+    batch.ts_backwards_first = batch.first_seq + int(back[0]) if back.size else 0
+    return int(ts[-1])
 
 
 def stamp_publish_time(batch: Batch, ts_publish: int | None) -> None:

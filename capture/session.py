@@ -15,6 +15,7 @@ for the writer and the wait runs out, so that the reason recorded is the cause, 
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import threading
 import time
@@ -33,6 +34,7 @@ from ringtape.capture.ring import (
     FRAMES_WRITTEN,
     READ_SEQ,
     SYNCS,
+    TS_BACKWARDS,
     WRITER_ERRNO,
     WRITER_HEARTBEAT_NS,
     WRITER_STATE,
@@ -62,6 +64,7 @@ class StoreStats:
     bytes_raw: int  # entry record bytes written
     bytes_stored: int  # segment bytes written (compressed frames)
     writer_heartbeat_age_s: float  # since the writer last woke or committed
+    ts_init_backwards: int  # entries taken whose ts_init is below the one before them
 
     @property
     def in_ring(self) -> int:
@@ -86,6 +89,9 @@ class Session:
     process: subprocess.Popen[bytes]
     doorbell: Doorbell
     monitor: threading.Thread | None = None
+    # Readable once the writer has exited, reaped or not: Popen.poll() says nothing while the
+    # monitor thread sits in wait(), and a stalled producer must still learn of the death.
+    pidfd: int = -1
 
     @classmethod
     def start(
@@ -113,6 +119,10 @@ class Session:
             unlink_name(region.name)
             raise
         session = cls(paths, manifest, lock, region, views, process, doorbell)
+        try:
+            session.pidfd = os.pidfd_open(process.pid)
+        except OSError:  # gone already (its exit is seen by poll()), or no pidfd here
+            session.pidfd = -1
         monitor = threading.Thread(
             target=session._watch, args=(on_exit,), name="ringtape-monitor", daemon=True
         )
@@ -139,6 +149,7 @@ class Session:
             bytes_raw=int(ctrl[BYTES_RAW]),
             bytes_stored=int(ctrl[BYTES_STORED]),
             writer_heartbeat_age_s=(time.monotonic_ns() - int(ctrl[WRITER_HEARTBEAT_NS])) / 1e9,
+            ts_init_backwards=int(ctrl[TS_BACKWARDS]),
         )
 
     def closed_cleanly(self) -> bool:
@@ -151,7 +162,7 @@ class Session:
         ctrl = self.views.ctrl
         failed = int(ctrl[WRITER_STATE]) == STATE_FAILED
         code = self.process.poll()
-        if not failed and code is None:
+        if not failed and code is None and not self.writer_exited():
             return None
         if not failed and self.closed_cleanly():
             return None
@@ -160,8 +171,35 @@ class Session:
             text = self.views.control.error_text()
             if err in DISK_ERRNOS:
                 return HaltReason.disk(err, text)
+            kind = self.views.control.failure_kind()
+            if kind:
+                return HaltReason(kind, text.removeprefix(f"{kind}: "))
             return HaltReason("WriterError", text or f"writer failed (exit {code})", errno=err)
-        return HaltReason("WriterDied", f"writer process exited unexpectedly (code {code})")
+        return HaltReason("WriterDied", f"writer process {self._how_it_ended(code)}")
+
+    def _how_it_ended(self, code: int | None) -> str:
+        if code is None and self.pidfd >= 0:
+            try:  # peek at the exit without reaping it (the monitor thread reaps)
+                info = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            except (OSError, AttributeError):
+                info = None
+            if info is not None and info.si_code == os.CLD_KILLED:
+                code = -info.si_status
+            elif info is not None:
+                code = info.si_status
+        if code is None:
+            return "exited unexpectedly"
+        if code < 0:
+            return f"was killed by signal {-code}"
+        return f"exited unexpectedly (status {code})"
+
+    def writer_exited(self) -> bool:
+        if self.process.returncode is not None:
+            return True
+        if self.pidfd < 0:
+            return False
+        ready, _, _ = select.select([self.pidfd], [], [], 0)
+        return bool(ready)
 
     def request_close(self, last_seq: int) -> None:
         """Ask the writer to make everything up to ``last_seq`` durable and exit."""
@@ -195,6 +233,9 @@ class Session:
         if self.monitor is not None and self.monitor is not threading.current_thread():
             self.monitor.join(1.0)
         self.doorbell.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
         self.views.release()
         self.region.close()
         unlink_name(self.region.name)  # normally gone already: the writer unlinks on attach

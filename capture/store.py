@@ -112,7 +112,7 @@ class StoreOptions:
     # "single": one producer thread (the one that called open()); "threads": serialise several.
     producers: str = "single"
     # How the writer idles (a name in capture.wait.WAIT_STRATEGIES; benchmarks swap it).
-    writer_wait: str = "backoff"
+    writer_wait: str = "sleep"
 
     def __post_init__(self) -> None:
         if self.producers not in PRODUCER_MODES:
@@ -456,6 +456,7 @@ class EventStore:
         manifest.status = RunStatus.ENDED
         manifest.high_watermark = last
         manifest.end_ts_init = ts
+        manifest.ts_init_backwards = session.stats(last).ts_init_backwards
         write_manifest(
             session.paths.run_dir,
             manifest,
@@ -595,6 +596,7 @@ class EventStore:
                 publish_clock="ts_init" if env is Environment.BACKTEST else "wall",
                 lock_fd=lock.fd,
                 wait=self.options.writer_wait,
+                halt_threshold_s=self._threshold_s,
                 faults=self.options.faults.writer_plan,
             )
 
@@ -611,6 +613,7 @@ class EventStore:
                 segment_max_bytes=self.options.segment_max_bytes,
                 compression_level=self.options.compression_level,
                 ready_timeout=self.config.run_started_timeout.total_seconds(),
+                stall_s=self._threshold_s,
             )
 
     def _append_marker_failure(self, topic: str, payload: bytes) -> object:

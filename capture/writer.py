@@ -2,24 +2,30 @@
 
 Loop, top to bottom:
 
-1. Look at the next seq's index slot (``RingConsumer.has``). Nothing published: idle through
-   the wait strategy (``capture/wait.py``: spin, yield, then sleep with ``WAKE_SEQ`` set
-   so that the producer rings the doorbell).
-2. Something new: the batch closes when ``max_batch_entries`` are waiting, when
-   ``max_batch_latency`` has passed since the writer first saw its first entry, or at once when
-   a close is requested.
+1. Nothing published (``RingConsumer.has`` on the next seq): idle through the wait strategy
+   (``capture/wait.py``; by default an announced sleep at once: ``WAKE_SEQ`` names the next seq,
+   so the producer's first append rings the doorbell, once).
+2. Something published: a batch window is open since the writer last saw the ring empty (or
+   last took from it). Sleep once, until ``max_batch_latency`` after that moment, asking for a
+   bell only if the ring fills to half its capacity first (or a close request comes): one wake
+   per batch, however many entries the producer appends meanwhile, and no system call on the
+   producer's side while the batch fills.
 3. Commit: take everything published (bounded by ``GROUP_BYTES``), one frame per
    ``max_batch_entries``, append them all, one ``fdatasync`` (group commit), then publish
    ``DURABLE_SEQ``. The ring's record bytes are the frame's entry bytes: per batch the work is a
-   few numpy calls, one compress, one hash and one write per frame.
-   Memory ordering: Python has no fences. The sleep handshake (set ``WAKE_SEQ``, look
-   at the ring once more, then sleep) could in theory miss a bell if a store and a load cross
-   in a store buffer; the sleep is therefore bounded (50 ms), which bounds the cost of that
-   race to one late batch. Record validation (seq, length, position chain) never relies on
-   ordering it cannot check.
+   few numpy calls, one compress, one hash and one write per frame. A take that came back full
+   (a backlog) commits again at once.
 4. Stop when the producer's close request is durable (``CLOSED``), when the kernel process is
-   gone (drain what was published; the run stays ``running`` for the recovery sweep), or on a
-   disk error (``FAILED`` with the errno in the control block: the store halts).
+   gone (drain what was published; the run stays ``running`` for the recovery sweep), on a disk
+   error (``FAILED`` with the errno: the store halts), or when the next record claims to be
+   published but does not validate for ``halt_threshold`` (``FAILED``, kind ``InvalidRecord``,
+   naming the seq and ring position): a writer never waits forever on a record.
+
+Memory ordering: Python has no fences. The sleep handshake (set ``WAKE_SEQ``, look at the ring
+once more, then sleep) could in theory miss a bell if a store and a load cross in a store
+buffer; every sleep is therefore bounded (``IDLE_SLEEP_S``, or the batch deadline), which bounds
+the cost of that race to one late batch. Record validation (seq, length, position chain) never
+relies on ordering it cannot check.
 
 Once a second (checked when it commits or wakes) the writer mirrors its totals into the second
 line of ``writer.lock`` (FORMAT.md, "writer.lock"), for ``ringtape inspect`` of a live run.
@@ -46,6 +52,8 @@ from ringtape.capture.ring import (
     DURABLE_SEQ,
     FRAMES_WRITTEN,
     SYNCS,
+    TS_BACKWARDS,
+    TS_BACKWARDS_FIRST,
     WAKE_NEVER,
     WAKE_SEQ,
     WRITER_HEARTBEAT_NS,
@@ -54,7 +62,6 @@ from ringtape.capture.ring import (
     RingConsumer,
     RingGeometry,
     RingViews,
-    stamp_publish_time,
 )
 from ringtape.capture.wait import WAIT_STRATEGIES
 from ringtape.storage.format.frame import STREAM_EVENTS
@@ -64,10 +71,14 @@ from ringtape.storage.segment.writer import SegmentWriter
 
 GROUP_BYTES: Final = 16 * 1024 * 1024
 GROUP_ENTRIES: Final = 8192
-BATCH_POLL_S: Final = 0.0002
-
-
+IDLE_SLEEP_S: Final = 0.05  # the longest idle sleep: how soon a dead kernel is noticed
+INVALID_POLL_S: Final = 0.001  # how often an invalid next record is looked at again
 STATS_INTERVAL_S: Final = 1.0
+
+
+class InvalidRecord(RuntimeError):
+    """The next record claims to be published but does not validate (and never did, for
+    ``halt_threshold``): the ring holds something the producer never writes."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,8 @@ class WriterArgs(ChildArgs):
     max_batch_latency_s: float = 0.005
     publish_clock: str = "wall"  # "wall", or "ts_init" to copy ts_init (backtests)
     lock_fd: int = -1  # the run's writer.lock, already locked by the kernel and passed down
-    wait: str = "backoff"  # a name in capture.wait.WAIT_STRATEGIES
+    wait: str = "sleep"  # a name in capture.wait.WAIT_STRATEGIES
+    halt_threshold_s: float = 0.25  # how long a record that does not validate is tolerated
     faults: FaultPlan = field(default_factory=FaultPlan)
 
 
@@ -99,9 +111,14 @@ class WriterLoop:
         self.doorbell = doorbell
         self.faults = faults
         self.lock = lock
-        self.wait = WAIT_STRATEGIES[args.wait](self._sleep)
+        self.wait = WAIT_STRATEGIES[args.wait](self._idle_sleep)
         self.stop_requested = False
-        self.empty_at = time.monotonic()
+        # When the writer last saw the ring empty (or last took from it): the open batch's
+        # first entry came after this, so its latency runs from here at the latest.
+        self.window_start = time.monotonic()
+        # Ask for a bell during a batch only when the ring is this full.
+        self.half_ring = max(1, args.capacity // 2)
+        self.invalid_since: float | None = None
         self.started_ns = time.time_ns()
         self.stats_due = 0.0
         views.ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
@@ -115,19 +132,7 @@ class WriterLoop:
     def parent_gone(self) -> bool:
         return self.stop_requested or os.getppid() != self.args.parent_pid
 
-    def _sleep(self, timeout: float) -> None:
-        ctrl = self.v.ctrl
-        wake = self.ring.read_seq + 1
-        ctrl[WAKE_SEQ] = wake
-        # Re-check after asking for a bell: an entry published just before would ring none.
-        if not self.ring.has(wake) and not ctrl[CLOSE_REQUEST]:
-            self.doorbell.wait(timeout)
-        # Whatever is published now was published while we slept: most likely just now.
-        self.empty_at = now = time.monotonic()
-        ctrl[WAKE_SEQ] = WAKE_NEVER
-        ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
-        if now >= self.stats_due:
-            self.publish_stats()
+    # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> None:
         ctrl = self.v.ctrl
@@ -135,10 +140,10 @@ class WriterLoop:
         while True:
             if self.ring.has(self.ring.read_seq + 1):
                 streak = 0
-                self._close_batch()
+                self._wait_for_batch()
                 self._commit()
                 continue
-            self.empty_at = time.monotonic()
+            self.window_start = time.monotonic()
             close = int(ctrl[CLOSE_REQUEST])
             if close and self.ring.read_seq >= close:
                 ctrl[WRITER_STATE] = STATE_CLOSED
@@ -148,26 +153,42 @@ class WriterLoop:
             streak += 1
             self.wait.idle(streak)
 
-    def _close_batch(self) -> None:
-        """Wait until the batch should close (count, latency, close request or orphaned).
-
-        The latency runs from the batch's first entry. The writer cannot see when that was
-        appended, only that it came after the ring was last seen empty (``empty_at``: the last
-        empty poll, or the last take of the previous commit), so it counts from then: a batch
-        may close a little early, never late — entries that arrived during a long fdatasync
-        do not wait another full latency.
-        """
-        deadline = self.empty_at + self.args.max_batch_latency_s
-        # A batch larger than the ring can never fill: then only the latency closes it.
-        want = self.ring.read_seq + min(self.args.max_batch_entries, self.args.capacity)
+    def _sleep_until(self, wake: int, timeout: float) -> None:
+        """Sleep at most ``timeout`` s, asking the producer to ring once seq ``wake`` is
+        published (or the kernel to ring with a close request)."""
         ctrl = self.v.ctrl
-        while (
-            not self.ring.has(want)
-            and not ctrl[CLOSE_REQUEST]
-            and (remaining := deadline - time.monotonic()) > 0
-            and not self.parent_gone()
-        ):
-            time.sleep(min(remaining, BATCH_POLL_S))
+        ctrl[WAKE_SEQ] = wake
+        # Look again after asking for a bell: a record published just before would ring none.
+        if not self.ring.has(wake) and not ctrl[CLOSE_REQUEST]:
+            self.doorbell.wait(timeout)
+        ctrl[WAKE_SEQ] = WAKE_NEVER
+        ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
+
+    def _idle_sleep(self, timeout: float) -> None:
+        """The wait strategy's announced sleep: until the next seq is published."""
+        problem = self._check_next_record()
+        if problem:  # look again soon: an invalid record rings no bell
+            timeout = min(timeout, INVALID_POLL_S)
+        self._sleep_until(self.ring.read_seq + 1, min(timeout, IDLE_SLEEP_S))
+        # Whatever is published now was published while we slept: most likely just now.
+        self.window_start = now = time.monotonic()
+        if now >= self.stats_due:
+            self.publish_stats()
+
+    def _wait_for_batch(self) -> None:
+        """One timed sleep until the open batch must close: ``max_batch_latency`` after the
+        window opened, sooner if the ring fills to half, a close is requested, or the kernel
+        is gone."""
+        deadline = self.window_start + self.args.max_batch_latency_s
+        ctrl = self.v.ctrl
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or ctrl[CLOSE_REQUEST] or self.parent_gone():
+                return
+            wake = self.ring.read_seq + self.half_ring
+            if self.ring.has(wake):
+                return
+            self._sleep_until(wake, min(remaining, IDLE_SLEEP_S))
 
     def _commit(self) -> None:
         """Take what is published (group commit), write frames, fdatasync, publish.
@@ -181,8 +202,9 @@ class WriterLoop:
         taken = 0
         full = min(GROUP_ENTRIES, self.args.capacity)
         while taken < GROUP_BYTES:
-            self.empty_at = time.monotonic()  # what this take leaves behind is newer than this
-            batch = self.ring.take(full, GROUP_BYTES - taken)
+            self.window_start = time.monotonic()  # what this take leaves is newer than this
+            publish = time.time_ns() if self.args.publish_clock == "wall" else None
+            batch = self.ring.take(full, GROUP_BYTES - taken, publish)
             if batch is None:
                 break  # nothing more is published (or not fully visible yet)
             self._append(batch)
@@ -191,8 +213,11 @@ class WriterLoop:
             if batch.count < full:
                 break
         if not last:
-            os.sched_yield()
+            # has() saw the next record but take() would not have it: it does not validate.
+            self._check_next_record()
+            time.sleep(INVALID_POLL_S)
             return
+        self.invalid_since = None
         self.segments.flush()
         self.faults.point("after_write")
         self.segments.sync()
@@ -202,8 +227,22 @@ class WriterLoop:
         ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
         self.faults.commits += 1
         self.faults.point("after_publish")
-        if self.empty_at >= self.stats_due:
+        if self.window_start >= self.stats_due:
             self.publish_stats()
+
+    def _check_next_record(self) -> str | None:
+        """Whether the next record claims to be published but does not validate; raises
+        ``InvalidRecord`` once that has lasted ``halt_threshold``."""
+        problem = self.ring.frontier_problem()
+        if problem is None:
+            self.invalid_since = None
+            return None
+        now = time.monotonic()
+        if self.invalid_since is None:
+            self.invalid_since = now
+        elif now - self.invalid_since >= self.args.halt_threshold_s:
+            raise InvalidRecord(problem)
+        return problem
 
     def publish_stats(self) -> None:
         """Mirror the writer's totals into ``writer.lock`` (for ``ringtape inspect``)."""
@@ -221,14 +260,16 @@ class WriterLoop:
             "frames": int(ctrl[FRAMES_WRITTEN]),
             "bytes_raw": int(ctrl[BYTES_RAW]),
             "bytes_stored": int(ctrl[BYTES_STORED]),
+            "ts_init_backwards": int(ctrl[TS_BACKWARDS]),
         }
         write_live_stats(self.lock, json.dumps(stats, separators=(",", ":")))
 
     def _append(self, batch: Batch) -> None:
-        if self.args.publish_clock == "wall":
-            stamp_publish_time(batch, time.time_ns())
-        else:
-            stamp_publish_time(batch, None)
+        if batch.ts_backwards:
+            ctrl = self.v.ctrl
+            if not ctrl[TS_BACKWARDS]:
+                ctrl[TS_BACKWARDS_FIRST] = batch.ts_backwards_first
+            ctrl[TS_BACKWARDS] += batch.ts_backwards
         seg = self.segments
         stored = 0
         frames = batch.frames(self.args.max_batch_entries)

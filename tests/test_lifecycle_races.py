@@ -131,7 +131,7 @@ def test_take_returns_the_first_record_alone_when_it_exceeds_max_bytes() -> None
             views.data[pos : pos + len(rec)] = rec
             views.index[seq & (g.slots - 1)] = pos
             pos += len(rec)
-        batch = RingConsumer(views).take(100, 500)
+        batch = RingConsumer(views).take(100, 500, 0)
         assert batch is not None
         assert batch.count == 1, f"took {batch.count} records ({len(batch.records)} bytes)"
         del batch

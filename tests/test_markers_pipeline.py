@@ -350,7 +350,9 @@ def test_sidecar_killed_inside_a_write_leaves_no_torn_tail_in_the_sealed_run(
     assert segment.read_bytes() == whole, "the torn bytes are cut back to the last whole frame"
     assert Path(f"{segment}.torn").read_bytes() == torn
     report = verify_path(run_dir)
-    assert {str(f.kind) for f in report.findings} <= {"leftover_torn"}, report.findings
+    # Notes only: the torn bytes kept aside, and the MarkerLaneFailed entry's ts_init (the
+    # store's clock) above the test's own small ts_init values.
+    assert {str(f.kind) for f in report.findings} <= {"leftover_torn", "ts_init_backwards"}
     assert report.ok
 
 

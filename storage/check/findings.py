@@ -37,6 +37,7 @@ class Kind(enum.StrEnum):
     LEFTOVER_TORN = "leftover_torn"
     LEFTOVER_TEMP = "leftover_temp"
     UNEXPECTED_FILE = "unexpected_file"
+    TS_INIT_BACKWARDS = "ts_init_backwards"
 
 
 # One plain sentence per kind, for people reading a report.
@@ -63,6 +64,8 @@ KINDS: Final[dict[Kind, str]] = {
     Kind.LEFTOVER_TORN: "bytes a recovery cut from a torn tail, kept for inspection",
     Kind.LEFTOVER_TEMP: "a temporary manifest left by a crash during a manifest update",
     Kind.UNEXPECTED_FILE: "a file in a run directory that ringtape did not write",
+    Kind.TS_INIT_BACKWARDS: "entries whose ts_init is below the entry before them (a clock that"
+    " went back): counted, not damage",
 }
 
 

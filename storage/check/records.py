@@ -27,6 +27,7 @@ from ringtape.storage.format.frame import (
 from ringtape.storage.segment.file import WINDOW
 
 _TOPIC_LEN_AT: Final = 8  # offset of topic_len in an entry header
+_TS_INIT_AT: Final = 24  # offset of ts_init
 _ANCHOR_TOPIC: Final = TOPIC_SNAPSHOT_ANCHOR.encode()
 
 
@@ -137,6 +138,29 @@ class RecordBatch:
         lo = self._firsts[j]
         rel: npt.NDArray[np.int64] = self._records[lo : lo + self._counts[j]] - self._bases[j]
         return rel
+
+    def ts_backwards(self, good: list[int], last: int | None) -> tuple[int, int | None, int | None]:
+        """Entries of the good queued frames ``good`` (after ``check``) whose ``ts_init`` is
+        below the entry before them (``last``: the one before the first): ``(count, seq of the
+        first such entry, the last ts_init)``."""
+        buf = self._buf[: self._used]
+        if not good or len(buf) < 32:
+            return 0, None, last
+        rows = np.concatenate(
+            [self._records[self._firsts[j] : self._firsts[j] + self._counts[j]] for j in good]
+        )
+        seqs = np.concatenate(
+            [self.headers[j].first_seq + np.arange(self._counts[j], dtype=np.int64) for j in good]
+        )
+        items = np.ndarray((len(buf) - 7,), np.dtype(("V", 8)), buf, 0, (1,))
+        ts = items[np.minimum(rows + _TS_INIT_AT, len(buf) - 8)].view("<u8").reshape(-1)
+        back = np.flatnonzero(ts[1:] < ts[:-1]) + 1
+        count = int(back.size)
+        first = int(seqs[back[0]]) if count else None
+        if last is not None and int(ts[0]) < last:
+            count += 1
+            first = int(seqs[0])
+        return count, first, int(ts[-1])
 
     def anchors(self, problems: dict[int, str]) -> Iterator[tuple[int, Entry]]:
         """``(j, entry)`` for each snapshot anchor entry in a good queued frame ``j``."""

@@ -181,6 +181,9 @@ class SegmentScan:
     # anchor checks need not read the run again.
     anchors: tuple[Entry, ...] = ()
     anchors_complete: bool = True
+    # Entries (deep scans) whose ts_init is below the entry before them in this segment.
+    ts_backwards: int = 0
+    ts_backwards_first: int | None = None
 
     @classmethod
     def unreadable(cls, path: str, detail: str, *, size: int = 0, deep: bool = True) -> SegmentScan:
@@ -211,6 +214,9 @@ class _Tally:
     last_entry: EntryMark | None = None
     anchors: list[Entry] = field(default_factory=list)
     anchors_complete: bool = True
+    ts_backwards: int = 0
+    ts_backwards_first: int | None = None
+    last_ts_init: int | None = None
 
     def add(self, offset: int, header: FrameHeader, raw_header: bytes) -> None:
         self.frames.append(offset, raw_header)
@@ -295,6 +301,8 @@ class _Scanner:
             self.deep,
             tuple(t.anchors),
             t.anchors_complete,
+            t.ts_backwards,
+            t.ts_backwards_first,
         )
 
     def segment_header(self) -> tuple[SegmentHeader | None, int | None]:
@@ -397,6 +405,10 @@ class _Scanner:
             t.last_seq = b.headers[last].last_seq
             t.last_entry = b.mark(last, last=True)
             t.valid_end = b.offsets[last] + b.headers[last].size
+            back, first_back, t.last_ts_init = b.ts_backwards(good, t.last_ts_init)
+            if back and t.ts_backwards_first is None:
+                t.ts_backwards_first = first_back
+            t.ts_backwards += back
         self.keep_anchors(b, problems)
         b.clear()
 

@@ -66,6 +66,24 @@ class StreamScan:
         return tuple(a for s in self.segments for a in s.anchors)
 
     @property
+    def ts_backwards(self) -> tuple[int, int | None]:
+        """Entries whose ts_init is below the entry before them, across segments too, and the
+        seq of the first of them (deep scans)."""
+        count, first = 0, None
+        previous: EntryMark | None = None
+        for s in self.segments:
+            head = s.first_entry
+            if previous is not None and head is not None and head.ts_init < previous.ts_init:
+                count += 1
+                first = first or head.seq
+            if s.ts_backwards:
+                count += s.ts_backwards
+                if first is None or (s.ts_backwards_first or first) < first:
+                    first = s.ts_backwards_first
+            previous = s.last_entry or previous
+        return count, first
+
+    @property
     def anchors_complete(self) -> bool:
         return all(s.anchors_complete for s in self.segments)
 

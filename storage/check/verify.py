@@ -219,11 +219,33 @@ def check_lifecycle(ctx: RunContext) -> Iterable[Finding]:
         )
 
 
+def check_clock(ctx: RunContext) -> Iterable[Finding]:
+    """A note (not damage) when ts_init goes back between consecutive entries: the kernel's
+    clock did, and a replay that orders by ts_init must know."""
+    count, first = ctx.events.ts_backwards
+    if not count:
+        return
+    where = ctx.events.segments[0].path if ctx.events.segments else str(ctx.run_dir)
+    recorded = (
+        "" if ctx.manifest is None else f" (the manifest counts {ctx.manifest.ts_init_backwards})"
+    )
+    yield Finding(
+        Kind.TS_INIT_BACKWARDS,
+        where,
+        None,
+        first,
+        first,
+        f"{count} entries have a ts_init below the entry before them, the first at seq"
+        f" {first}{recorded}",
+    )
+
+
 # Run-level rules, in report order. Append a checker to add a rule.
 RUN_CHECKERS: Final[list[RunChecker]] = [
     check_files,
     check_manifest,
     check_lifecycle,
+    check_clock,
     check_anchors,
     check_markers,
 ]

@@ -48,6 +48,9 @@ class Manifest:
     retention: Any = None
     # Set by retention (SnapshotAnchored): entries before this seq were reclaimed on purpose.
     retained_from_seq: int = 1
+    # Entries whose ts_init is below the entry before them (a kernel clock that went back):
+    # counted, not damage.
+    ts_init_backwards: int = 0
     format: int = MANIFEST_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +88,8 @@ class Manifest:
             raise ManifestError("manifest anchors is not a list of objects")
         if not isinstance(m.retained_from_seq, int) or m.retained_from_seq < 1:
             raise ManifestError(f"manifest retained_from_seq {m.retained_from_seq!r} is not valid")
+        if not isinstance(m.ts_init_backwards, int) or m.ts_init_backwards < 0:
+            raise ManifestError(f"manifest ts_init_backwards {m.ts_init_backwards!r} is not valid")
         return m
 
 

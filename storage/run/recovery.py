@@ -87,6 +87,7 @@ class RecoveryPlan:
     marker_high_watermark: int
     cuts: tuple[Cut, ...]
     findings: tuple[dict[str, Any], ...]  # as the manifest will record them
+    ts_init_backwards: int = 0  # counted by the scan (the writer's own count died with it)
 
     @property
     def changes_anything(self) -> bool:
@@ -103,6 +104,7 @@ class RecoveryPlan:
             "marker_high_watermark": self.marker_high_watermark,
             "cuts": [c.to_dict() for c in self.cuts],
             "findings": list(self.findings),
+            "ts_init_backwards": self.ts_init_backwards,
         }
 
 
@@ -173,6 +175,7 @@ def scan_run(run_dir: Path, *, locked: bool = False) -> RecoveryPlan:
         return RecoveryPlan(
             str(run_dir), manifest.status, None, manifest.status, manifest.high_watermark,
             manifest.end_ts_init, manifest.marker_high_watermark, (), tuple(manifest.findings),
+            manifest.ts_init_backwards,
         )  # fmt: skip
     retained = int(getattr(manifest, "retained_from_seq", 1))
     events = scan_stream(run_dir, "events", deep=True, retained_from_seq=retained)
@@ -192,6 +195,7 @@ def scan_run(run_dir: Path, *, locked: bool = False) -> RecoveryPlan:
         end_ts_init=None if last is None else last.ts_init,
         marker_high_watermark=markers.last_seq or 0,
         cuts=cuts,
+        ts_init_backwards=events.ts_backwards[0],
         findings=tuple(_as_recorded(run_dir, stream, f) for stream, f in recorded),
     )
 
@@ -301,6 +305,7 @@ def apply_plan(run_dir: Path, plan: RecoveryPlan, *, locked: bool = False) -> No
         high_watermark=plan.high_watermark,
         end_ts_init=plan.end_ts_init,
         marker_high_watermark=plan.marker_high_watermark,
+        ts_init_backwards=plan.ts_init_backwards,
         findings=list(plan.findings),
     )
     write_manifest(run_dir, sealed)

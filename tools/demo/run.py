@@ -198,7 +198,11 @@ def _components() -> RegisteredComponents:
 
 
 def capture_session(
-    store: EventStore, live: ReferenceCache, options: DemoOptions, progress: ProgressFn | None
+    store: EventStore,
+    session: TradingSession,
+    live: ReferenceCache,
+    options: DemoOptions,
+    progress: ProgressFn | None,
 ) -> Capture:
     """The kernel loop: feed the session through the open ``store`` for ``options.seconds``."""
     out = Capture()
@@ -207,7 +211,6 @@ def capture_session(
     append = store.append
     durable_seq = store.durable_seq
     clock = time.perf_counter_ns
-    session = TradingSession(options.seed, start_ns=time.time_ns())
     pending: deque[tuple[int, int]] = deque()  # (seq, when appended) of the timed appends
     every = options.sample_every
     calls = 0
@@ -356,13 +359,16 @@ def run_demo(options: DemoOptions, progress: ProgressFn | None = None) -> DemoRe
     if options.seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {options.seconds}")
     options.base_dir.mkdir(parents=True, exist_ok=True)
-    store = EventStore(demo_config(options), instance_id=DEMO_INSTANCE)
+    # The session's clock is the kernel's: what the store stamps itself (RunStarted, anchors,
+    # RunEnded) stays in step with the messages' ts_init.
+    session = TradingSession(options.seed, start_ns=time.time_ns())
+    store = EventStore(demo_config(options), instance_id=DEMO_INSTANCE, clock=session)
     live = ReferenceCache()
     store.open(DEMO_INSTANCE, _components(), Environment.SANDBOX)
     run_dir, run_id = store.run_dir(), store.run_id()
     assert run_dir is not None and run_id is not None
     try:
-        cap = capture_session(store, live, options, progress)
+        cap = capture_session(store, session, live, options, progress)
     finally:
         store.seal()  # idempotent; a halted store is released, its run left for recovery
     started = time.perf_counter()

@@ -58,6 +58,10 @@ class TradingSession:
         self._order_count = 0
         self._ticks = 0
 
+    def timestamp_ns(self) -> int:
+        """The session's clock: the ts_init of the latest message (a kernel's ``Clock``)."""
+        return self._ts
+
     def messages(self, ticks: int) -> Iterator[MarketData | BusMessage]:
         rng = self._rng
         for _ in range(ticks):
