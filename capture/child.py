@@ -11,9 +11,15 @@ script needs no ``if __name__ == "__main__"`` guard, and it is isolated from the
   the rest of the interpreter's path (site-packages, ``PYTHONPATH``) is the caller's own, so
   numpy and friends are found where the kernel found them.
 
-The child then reads ``(module, function, args)`` pickled from stdin and calls
-``module.function(args)``. Ring children (writer, sidecar) run :func:`serve`: attach the ring,
-set up, announce ``RUNNING``, run the loop, and report any failure in the control block.
+A child is started for one module (:class:`Child`): it imports that module at once, then waits
+on a socket for its work, ``(function, args)`` pickled, and any file descriptors it must own
+(the run lock), passed with ``SCM_RIGHTS``, and calls ``module.function(args, fds)``. So a child
+can be started ahead of time (:class:`Spares`): when ``open()`` needs a writer, one that has
+paid its interpreter start-up and its imports already only has to be told which run to write.
+A child whose kernel dies before it got work sees the socket close and exits.
+
+Ring children (writer, sidecar) run :func:`serve`: attach the ring, set up, announce
+``RUNNING``, run the loop, and report any failure in the control block.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import importlib
 import os
 import pickle
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -48,8 +56,10 @@ package = importlib.util.module_from_spec(spec)
 sys.modules["ringtape"] = package
 spec.loader.exec_module(package)
 from ringtape.capture.child import child_main
-child_main()
+child_main({module!r}, {fd})
 """
+_LENGTH: Final = struct.Struct("<Q")
+MAX_FDS: Final = 16
 
 
 @dataclass(frozen=True)
@@ -67,42 +77,139 @@ class ChildArgs:
     compression_level: int
 
 
-def bootstrap_command() -> list[str]:
-    """The interpreter command line of a child (see the module docstring)."""
-    code = _BOOTSTRAP.format(init=os.path.join(_PACKAGE_DIR, "__init__.py"), root=_PACKAGE_DIR)
+def bootstrap_command(module: str, fd: int) -> list[str]:
+    """The interpreter command line of a child for ``module`` that waits on socket ``fd``."""
+    code = _BOOTSTRAP.format(
+        init=os.path.join(_PACKAGE_DIR, "__init__.py"), root=_PACKAGE_DIR, module=module, fd=fd
+    )
     return [sys.executable, "-P", "-c", code]
 
 
+class Child:
+    """A child interpreter started for ``module``, importing it while it waits for its work."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.process = subprocess.Popen(
+                bootstrap_command(module, theirs.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                close_fds=True,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock: socket.socket | None = ours
+
+    def alive(self) -> bool:
+        return self._sock is not None and self.process.poll() is None
+
+    def start(
+        self, function: str, args: object, fds: tuple[int, ...] = ()
+    ) -> subprocess.Popen[bytes]:
+        """Hand the child its work (``function(args, fds)`` in its module); the descriptors
+        are duplicated into it. Raises ``OSError`` if the child is gone."""
+        sock = self._sock
+        if sock is None:
+            raise OSError("this child was given its work already")
+        self._sock = None
+        data = pickle.dumps((function, args))
+        try:
+            socket.send_fds(sock, [_LENGTH.pack(len(data))], list(fds))
+            sock.sendall(data)
+        except BaseException:
+            self.process.kill()
+            self.process.wait()
+            raise
+        finally:
+            sock.close()
+        return self.process
+
+    def discard(self) -> None:
+        """End a child that never got work (it exits when its socket closes)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
 def spawn_child(
-    module: str, function: str, args: object, *, pass_fds: tuple[int, ...] = ()
+    module: str, function: str, args: object, *, fds: tuple[int, ...] = ()
 ) -> subprocess.Popen[bytes]:
-    """Start a child that runs ``module.function(args)``."""
-    proc = subprocess.Popen(
-        bootstrap_command(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        close_fds=True,
-        pass_fds=pass_fds,
-    )
-    assert proc.stdin is not None
+    """Start a child that runs ``module.function(args, fds)`` now."""
+    return Child(module).start(function, args, fds)
+
+
+class Spares:
+    """Children started ahead, one per module, for the next run's ``open()``."""
+
+    def __init__(self) -> None:
+        self._ready: dict[str, Child] = {}
+
+    def refill(self, *modules: str) -> None:
+        for module in modules:
+            child = self._ready.get(module)
+            if child is None or not child.alive():
+                if child is not None:
+                    child.discard()
+                self._ready[module] = Child(module)
+
+    def spawn(
+        self, module: str, function: str, args: object, *, fds: tuple[int, ...] = ()
+    ) -> subprocess.Popen[bytes]:
+        """Start ``module.function(args, fds)`` in a spare if one is ready, else in a new
+        child."""
+        child = self._ready.pop(module, None)
+        if child is not None and child.alive():
+            try:
+                return child.start(function, args, fds)
+            except OSError:
+                pass  # it died meanwhile: start a fresh one
+        elif child is not None:
+            child.discard()
+        return spawn_child(module, function, args, fds=fds)
+
+    def close(self) -> None:
+        ready, self._ready = self._ready, {}
+        for child in ready.values():
+            child.discard()
+
+
+def child_main(module: str, fd: int) -> None:
+    """In the child: import ``module``, wait for the work, run it. A kernel that goes away
+    before it sends any (its socket closes) ends the child quietly."""
+    # Until the work starts, the kernel decides when this child ends: it closes the socket.
+    ignore_group_signals()
+    target = importlib.import_module(module)
+    sock = socket.socket(fileno=fd)
     try:
-        proc.stdin.write(pickle.dumps((module, function, args)))
-        proc.stdin.close()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc
-
-
-def child_main() -> None:
-    """In the child: read what to run from stdin and run it."""
-    module, function, args = pickle.load(sys.stdin.buffer)
-    getattr(importlib.import_module(module), function)(args)
+        header, fds, _, _ = socket.recv_fds(sock, _LENGTH.size, MAX_FDS)
+        if len(header) < _LENGTH.size:
+            os._exit(EXIT_OK)
+        (length,) = _LENGTH.unpack(header)
+        data = bytearray()
+        while len(data) < length:
+            chunk = sock.recv(min(1 << 20, length - len(data)))
+            if not chunk:
+                os._exit(EXIT_OK)
+            data += chunk
+    finally:
+        sock.close()
+    function, args = pickle.loads(data)
+    getattr(target, function)(args, tuple(fds))
 
 
 class ChildLoop(Protocol):
-    def run(self) -> None: ...
+    def run(self) -> bool:
+        """Work until told to stop; ``True`` when the kernel asked (a close request)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -126,8 +233,12 @@ def serve(
     cannot outlive the processes that map it), build its views and check that the control
     block describes the ring it was told about, ``setup`` the loop (locks,
     doorbell, segment files), ignore group signals, announce ``RUNNING``, run the loop, close
-    it. Any failure is written to the control block (errno, text, ``FAILED``) for the kernel
-    to report, and the exit status says what kind it was."""
+    it, and only then (files synced and closed, locks released) announce ``CLOSED`` when the
+    kernel asked for the close: the kernel waits for that word, not for the process to end.
+    Any failure is written to the control block (errno, text, ``FAILED``) for the kernel to
+    report, and the exit status says what kind it was. The process then ends at once
+    (``os._exit``): everything it owns is closed, and tearing down an interpreter costs tens of
+    milliseconds that a kernel's ``seal()`` would otherwise wait for."""
     try:
         region = SharedRegion.attach(args.shm_name)
     except OSError as exc:
@@ -147,15 +258,18 @@ def serve(
         loop = setup(views)
         ignore_group_signals()
         words[control.STATE] = control.STATE_RUNNING
-        loop.run()
+        closed = loop.run()
         loop.close()
+        if closed:
+            words[control.STATE] = control.STATE_CLOSED
     except Exception as exc:  # the kernel must learn why its child stopped
         err, text, code = describe_failure(exc)
         views.control.report_failure(text, err, type(exc).__name__)
     finally:
         views.release()
         region.close()
-    sys.exit(code)
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def ignore_group_signals() -> None:

@@ -34,6 +34,8 @@ doorbell, not one per append.
 
 from __future__ import annotations
 
+import subprocess
+import time
 from typing import Final
 
 CONTROL_WORDS: Final = 64
@@ -65,6 +67,19 @@ STATE_STARTING: Final = 0
 STATE_RUNNING: Final = 1
 STATE_CLOSED: Final = 2
 STATE_FAILED: Final = 3
+
+
+def wait_for_state(
+    words: memoryview, word: int, state: int, process: subprocess.Popen[bytes], timeout: float
+) -> bool:
+    """Wait until the child says ``state`` in ``word`` (True), or has exited or ``timeout``
+    passed without saying it (False)."""
+    deadline = time.monotonic() + timeout
+    while int(words[word]) != state:
+        if process.poll() is not None or time.monotonic() >= deadline:
+            return int(words[word]) == state
+        time.sleep(0.0002)
+    return True
 
 
 class ControlBlock:

@@ -41,8 +41,7 @@ from typing import Final
 
 import numpy as np
 
-from ringtape.capture.child import ChildArgs, serve, spawn_child
-from ringtape.capture.control import STATE_CLOSED
+from ringtape.capture.child import ChildArgs, Spares, serve
 from ringtape.capture.doorbell import DoorbellListener
 from ringtape.capture.marker_fold import MarkerFolder
 from ringtape.capture.marker_ring import (
@@ -53,7 +52,6 @@ from ringtape.capture.marker_ring import (
     FINAL_RSEQ,
     GAP_OBSERVATIONS,
     GAP_RECORDS,
-    SIDECAR_STATE,
     WAKE_NEVER,
     WAKE_SEQ,
     MarkerGeometry,
@@ -88,9 +86,9 @@ class SidecarArgs(ChildArgs):
     stall_s: float = 0.25  # how long a record that does not validate is tolerated
 
 
-def spawn_sidecar(args: SidecarArgs) -> subprocess.Popen[bytes]:
-    """Start the sidecar process (``sidecar_main``)."""
-    return spawn_child(__name__, "sidecar_main", args)
+def spawn_sidecar(args: SidecarArgs, spares: Spares) -> subprocess.Popen[bytes]:
+    """Start the sidecar process (``sidecar_main``; a spare if one is ready)."""
+    return spares.spawn(__name__, "sidecar_main", args)
 
 
 class Syncer:
@@ -178,7 +176,7 @@ class SidecarLoop:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self) -> bool:
         ctrl = self.ctrl
         folder = self.folder
         while True:
@@ -194,12 +192,11 @@ class SidecarLoop:
             if ctrl[CLOSE_REQUEST] and self.ring.read >= int(ctrl[FINAL_RSEQ]):
                 folder.finish(int(ctrl[FINAL_OBS]))
                 self.commit(final=True)
-                ctrl[SIDECAR_STATE] = STATE_CLOSED
-                return
+                return True  # serve() says CLOSED once the segments are closed
             if self.parent_gone():
                 folder.finish(None)  # unknown: what the kernel dropped at the end is lost
                 self.commit(final=True)
-                return
+                return False
             self._sleep()
 
     def drain(self) -> int:
@@ -273,7 +270,7 @@ class SidecarLoop:
             self.syncer.request(mark)
 
 
-def sidecar_main(args: SidecarArgs) -> None:
+def sidecar_main(args: SidecarArgs, fds: tuple[int, ...]) -> None:
     """The sidecar process (``capture/child.py`` starts it): fold markers until told to stop."""
 
     def setup(views: MarkerViews) -> SidecarLoop:

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from ringtape.capture.child import Spares
 from ringtape.capture.config import DataMarkerClass, DataMarkerConfig
-from ringtape.capture.control import STATE_CLOSED, STATE_STARTING
+from ringtape.capture.control import STATE_CLOSED, STATE_STARTING, wait_for_state
 from ringtape.capture.doorbell import Doorbell, new_address
 from ringtape.capture.errors import WrongThread
 from ringtape.capture.marker_ring import (
@@ -119,8 +120,10 @@ class MarkerLane:
         config: DataMarkerConfig,
         entries: EntrySeq,
         append_entry: Callable[[str, bytes], object],
+        spares: Spares | None = None,
     ) -> None:
         self.config = config
+        self._spares = spares or Spares()
         self._entries = entries
         self._append_entry = append_entry
         self._geometry = MarkerGeometry.for_capacity(config.channel_capacity)
@@ -217,7 +220,7 @@ class MarkerLane:
             stall_s=stall_s,
         )
         try:
-            process = spawn_sidecar(args)
+            process = spawn_sidecar(args, self._spares)
         except OSError as exc:
             self._fail(f"cannot start the marker sidecar: {exc}")
             return
@@ -271,11 +274,9 @@ class MarkerLane:
             ctrl[FINAL_RSEQ] = self._rseq
             ctrl[CLOSE_REQUEST] = 1
             self._bell()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
+            if not wait_for_state(ctrl, SIDECAR_STATE, STATE_CLOSED, process, timeout):
                 process.kill()
-                process.wait()
+            process.wait()
             if int(ctrl[SIDECAR_STATE]) != STATE_CLOSED:
                 self._fail(_exit_detail(process, self._views))
         self._refresh_durable()

@@ -53,7 +53,7 @@ def spawn_supervisor(
     return spawn_child(__name__, "supervisor_main", args)
 
 
-def supervisor_main(args: SupervisorArgs) -> None:
+def supervisor_main(args: SupervisorArgs, fds: tuple[int, ...]) -> None:
     """The spawned supervisor's entry point."""
     argv = [
         args.base_dir,

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from ringtape.capture.control import STATE_FAILED
+from ringtape.capture.child import Spares
+from ringtape.capture.control import STATE_CLOSED, STATE_FAILED, wait_for_state
 from ringtape.capture.doorbell import Doorbell, new_address
 from ringtape.capture.errors import DISK_ERRNOS, HaltReason
 from ringtape.capture.ring import (
@@ -102,6 +103,7 @@ class Session:
         geometry: RingGeometry,
         writer_args: Callable[[str, bytes], WriterArgs],
         on_exit: Callable[[Session], None],
+        spares: Spares,
     ) -> Session:
         """Create the ring, start the writer (``writer_args(shm_name, doorbell)``) and the
         monitor thread, which calls ``on_exit(session)`` once the writer has exited."""
@@ -111,7 +113,7 @@ class Session:
         address = new_address()
         doorbell = Doorbell(address)
         try:
-            process = spawn_writer(writer_args(region.name, address))
+            process = spawn_writer(writer_args(region.name, address), lock.fd, spares)
         except BaseException:
             doorbell.close()
             views.release()
@@ -217,7 +219,9 @@ class Session:
         return True
 
     def join_writer(self, timeout: float) -> bool:
-        return _join(self.process, timeout)
+        """Wait until the writer has closed its segments after a close request (it says
+        CLOSED; it may still be exiting)."""
+        return wait_for_state(self.views.ctrl, WRITER_STATE, STATE_CLOSED, self.process, timeout)
 
     def close(self, *, kill: bool) -> int:
         """Stop the writer and free the ring, the doorbell and the lock (last: the manifest is

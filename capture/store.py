@@ -34,12 +34,14 @@ import subprocess
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
 from ringtape.capture.cache import Cache
+from ringtape.capture.child import Spares
 from ringtape.capture.config import (
     DataMarkerClass,
     Environment as Environment,
@@ -83,6 +85,8 @@ from ringtape.storage.segment.writer import DEFAULT_SEGMENT_BYTES
 log = logging.getLogger("ringtape.store")
 
 PRODUCER_MODES: Final = ("single", "threads")
+WRITER_MODULE: Final = "ringtape.capture.writer"
+SIDECAR_MODULE: Final = "ringtape.capture.marker_sidecar"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -113,6 +117,10 @@ class StoreOptions:
     producers: str = "single"
     # How the writer idles (a name in capture.wait.WAIT_STRATEGIES; benchmarks swap it).
     writer_wait: str = "sleep"
+    # Start the next run's writer and sidecar processes ahead (at construction, and as each
+    # open() returns), so that open() does not wait for an interpreter to start and import:
+    # two idle processes beside the store's own. close() (or the end of the store) ends them.
+    prestart: bool = True
 
     def __post_init__(self) -> None:
         if self.producers not in PRODUCER_MODES:
@@ -170,19 +178,29 @@ class EventStore:
         self._last_anchor = 0
         self._supervisor: subprocess.Popen[bytes] | None = None
         self._threshold_s = config.halt_threshold.total_seconds()
-        self._producer = Producer(self._geometry, self._now, self, self._threshold_s)
+        # The producer and the lane call back through a weak reference: without a cycle, a
+        # store nobody holds is freed at once, and its finalizer ends the children it started.
+        me = weakref.proxy(self)
+        self._producer = Producer(self._geometry, self._now, me, self._threshold_s)
+        # Children started ahead for the next open() (StoreOptions.prestart).
+        self._spares = Spares()
+        self._finalizer = weakref.finalize(self, self._spares.close)
         self._markers: MarkerLane | None = None
         if config.data_markers is not None:
             # One lane for the store's life, started per run: a kernel may keep the bound
             # ``observe_data`` across runs.
             self._markers = MarkerLane(
-                config.data_markers, self._producer, self._append_marker_failure
+                config.data_markers,
+                self._producer,
+                lambda topic, payload: me._append_marker_failure(topic, payload),
+                self._spares,
             )
         self._bind_hot_path()
         self._swept: set[uuid.UUID] = set()
         self.last_sweep: SweepReport | None = None
         self.last_replay: ReplayResult | None = None
         remove_orphans()
+        self._prestart()
         if self._instance_id is not None:
             self._boot_sweep(self._instance_id)
 
@@ -332,6 +350,7 @@ class EventStore:
             self._teardown(kill=True)
             raise
         self._run_id = run_id
+        self._prestart()  # the next run's children start importing while this one runs
         interval = self.options.retention_interval_s
         if interval is not None and self.config.retention.kind != "Full":
             self._supervisor = spawn_supervisor(base_dir, str(iid), self.config.retention, interval)
@@ -539,11 +558,17 @@ class EventStore:
         session = self._session
         return None if session is None else session.process.pid
 
+    def close(self) -> None:
+        """Seal the open run (if any) and end the children started ahead for the next one.
+        A store can still open a run after this; its first ``open()`` then starts them anew."""
+        self.seal()
+        self._spares.close()
+
     def __enter__(self) -> EventStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seal()
+        self.close()
 
     # -- what the producer asks on its slow path ----------------------------------------------
 
@@ -594,14 +619,13 @@ class EventStore:
                 max_batch_entries=self.config.max_batch_entries,
                 max_batch_latency_s=self.config.max_batch_latency.total_seconds(),
                 publish_clock="ts_init" if env is Environment.BACKTEST else "wall",
-                lock_fd=lock.fd,
                 wait=self.options.writer_wait,
                 halt_threshold_s=self._threshold_s,
                 faults=self.options.faults.writer_plan,
             )
 
         session = Session.start(
-            paths, manifest, lock, self._geometry, writer_args, self._on_writer_exit
+            paths, manifest, lock, self._geometry, writer_args, self._on_writer_exit, self._spares
         )
         self._session = session
         self._producer.bind(session.views, session.doorbell.ring, threading.current_thread())
@@ -665,6 +689,17 @@ class EventStore:
             stop_process(supervisor)
         self._producer.unbind()  # appends now take the slow path: StoreHalted or StoreNotOpen
         self._final_durable = session.close(kill=kill)
+
+    def _prestart(self) -> None:
+        """Start the next run's writer (and sidecar) now, so that ``open()`` finds them with
+        their interpreter started and their modules imported."""
+        if not self.options.prestart:
+            return
+        modules = [WRITER_MODULE] + ([SIDECAR_MODULE] if self._markers is not None else [])
+        try:
+            self._spares.refill(*modules)
+        except OSError as exc:  # no spare: open() starts its children itself
+            log.warning("could not start the next run's children ahead: %s", exc)
 
 
 def event_store_factory(

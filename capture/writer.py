@@ -41,8 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from ringtape.capture.child import ChildArgs, serve, spawn_child
-from ringtape.capture.control import STATE_CLOSED
+from ringtape.capture.child import ChildArgs, Spares, serve
 from ringtape.capture.doorbell import DoorbellListener
 from ringtape.capture.faults import FaultInjector, FaultPlan
 from ringtape.capture.ring import (
@@ -57,7 +56,6 @@ from ringtape.capture.ring import (
     WAKE_NEVER,
     WAKE_SEQ,
     WRITER_HEARTBEAT_NS,
-    WRITER_STATE,
     Batch,
     RingConsumer,
     RingGeometry,
@@ -88,7 +86,6 @@ class WriterArgs(ChildArgs):
     max_batch_entries: int = 100
     max_batch_latency_s: float = 0.005
     publish_clock: str = "wall"  # "wall", or "ts_init" to copy ts_init (backtests)
-    lock_fd: int = -1  # the run's writer.lock, already locked by the kernel and passed down
     wait: str = "sleep"  # a name in capture.wait.WAIT_STRATEGIES
     halt_threshold_s: float = 0.25  # how long a record that does not validate is tolerated
     faults: FaultPlan = field(default_factory=FaultPlan)
@@ -134,7 +131,7 @@ class WriterLoop:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self) -> bool:
         ctrl = self.v.ctrl
         streak = 0
         while True:
@@ -146,10 +143,9 @@ class WriterLoop:
             self.window_start = time.monotonic()
             close = int(ctrl[CLOSE_REQUEST])
             if close and self.ring.read_seq >= close:
-                ctrl[WRITER_STATE] = STATE_CLOSED
-                return
+                return True  # serve() says CLOSED once the segments are closed
             if self.parent_gone():
-                return  # everything published is durable; the sweep seals the run
+                return False  # everything published is durable; the sweep seals the run
             streak += 1
             self.wait.idle(streak)
 
@@ -281,13 +277,15 @@ class WriterLoop:
         ctrl[BYTES_RAW] += len(batch.records)
 
 
-def writer_main(args: WriterArgs) -> None:
-    """The writer process (``capture/child.py`` starts it): drain the ring until told to stop."""
+def writer_main(args: WriterArgs, fds: tuple[int, ...]) -> None:
+    """The writer process (``capture/child.py`` starts it): drain the ring until told to stop.
+    ``fds[0]`` is the run's ``writer.lock``, locked by the kernel: the same open file, so the
+    lock lives as long as either process does."""
 
     def setup(views: RingViews) -> WriterLoop:
         run_dir = Path(args.run_dir)
         faults = FaultInjector(args.faults)
-        lock = WriterLock.adopt(args.lock_fd, run_dir / LOCK_NAME)
+        lock = WriterLock.adopt(fds[0], run_dir / LOCK_NAME)
         segments = SegmentWriter(
             run_dir,
             args.run_id,
@@ -303,7 +301,7 @@ def writer_main(args: WriterArgs) -> None:
     serve("writer", args, lambda buf: RingViews(buf, geometry), setup)
 
 
-def spawn_writer(args: WriterArgs) -> subprocess.Popen[bytes]:
-    """Start the writer process, passing it the run lock the kernel holds."""
-    fds = (args.lock_fd,) if args.lock_fd >= 0 else ()
-    return spawn_child(__name__, "writer_main", args, pass_fds=fds)
+def spawn_writer(args: WriterArgs, lock_fd: int, spares: Spares) -> subprocess.Popen[bytes]:
+    """Start the writer process (a spare if one is ready), passing it the run lock the kernel
+    holds."""
+    return spares.spawn(__name__, "writer_main", args, fds=(lock_fd,))

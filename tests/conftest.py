@@ -46,7 +46,7 @@ def stores() -> Iterator[list[EventStore]]:
         pid = store.writer_pid()
         if pid is not None and pid_alive(pid):
             os.kill(pid, signal.SIGCONT)  # a test may have stopped it
-        store.seal()
+        store.close()
 
 
 TS0 = 1_700_000_000_000_000_000

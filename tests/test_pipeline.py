@@ -212,6 +212,7 @@ def test_run_started_timeout_leaves_nothing_running(
     with pytest.raises(RunStartedTimeout):
         store.open(uuid.uuid4(), COMPONENTS, "live")
     assert store.writer_pid() is None and store.run_id() is None
+    store.close()  # the next run's children, started ahead, end too
     children = psutil.Process().children(recursive=True)
     assert not [c for c in children if "child_main" in " ".join(c.cmdline())]
 
