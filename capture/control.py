@@ -110,12 +110,15 @@ class ControlBlock:
         raw = bytes(self.words.cast("B")[start : start + ERROR_TEXT_BYTES])
         return raw.rstrip(b"\0").decode("utf-8", "replace")
 
-    def report_failure(self, text: str, err: int, kind: str = "") -> None:
-        """A child's last act: why it failed (text, errno, kind), then its state (what the
-        kernel polls) — in that order, so the reason is there when the state says FAILED."""
+    def set_error_text(self, text: str) -> None:
         start = ERROR_TEXT_WORD * 8
         data = text.encode()[: ERROR_TEXT_BYTES - 1].ljust(ERROR_TEXT_BYTES, b"\0")
         self.words.cast("B")[start : start + ERROR_TEXT_BYTES] = data
+
+    def report_failure(self, text: str, err: int, kind: str = "") -> None:
+        """A child's last act: why it failed (text, errno, kind), then its state (what the
+        kernel polls) — in that order, so the reason is there when the state says FAILED."""
+        self.set_error_text(text)
         self.words[ERRNO] = err
         self.words[FAILURE_KIND] = FAILURE_KINDS.index(kind) if kind in FAILURE_KINDS else 0
         self.words[STATE] = STATE_FAILED

@@ -11,10 +11,17 @@ gets a real crash at an exact step of the protocol:
 
 ``hang_at`` names the same points but sleeps forever there instead (a stalled disk).
 
+``blob_crash_at`` names points in the writer's blob thread, for the anchor ``crash_anchor``
+(its entry is durable at each of them): ``blob_taken`` (the slot taken, nothing of the blob
+written), ``blob_mid_write`` (half a blob file written and synced, not renamed) and
+``blob_durable`` (the blob renamed and synced, its result not yet reported to the kernel).
+``blob_write_delay_s`` makes every blob write slow.
+
 ``kernel_crash_at`` names points in the kernel process itself (the store), for the crash
-matrix: ``blob_mid_write`` (half a snapshot blob written), ``seal_before_manifest``
-(``RunEnded`` durable, manifest not yet ``ended``) and ``manifest_before_rename`` (the new
-manifest written to its temp file, not yet renamed over the old one).
+matrix: ``seal_before_manifest`` (``RunEnded`` durable, manifest not yet ``ended``),
+``manifest_before_rename`` (the new manifest written to its temp file, not yet renamed over the
+old one) and ``anchor_before_entry`` (a snapshot copied to its anchor slot, its entry not yet
+appended; for the anchor ``crash_anchor``).
 ``crash_after_commits`` delays the crash/hang until that many group commits have happened.
 """
 
@@ -29,7 +36,12 @@ from dataclasses import dataclass
 from typing import Final
 
 CRASH_POINTS: Final = ("after_write", "after_fsync", "after_publish", "mid_frame_write")
-KERNEL_CRASH_POINTS: Final = ("blob_mid_write", "seal_before_manifest", "manifest_before_rename")
+BLOB_CRASH_POINTS: Final = ("blob_taken", "blob_mid_write", "blob_durable")
+KERNEL_CRASH_POINTS: Final = (
+    "seal_before_manifest",
+    "manifest_before_rename",
+    "anchor_before_entry",
+)
 
 
 @dataclass(frozen=True)
@@ -40,11 +52,18 @@ class FaultPlan:
     enospc_after_bytes: int | None = None
     eio_after_bytes: int | None = None
     kernel_crash_at: str | None = None
+    blob_crash_at: str | None = None  # in the writer's blob thread (BLOB_CRASH_POINTS)
+    crash_anchor: int = 1  # the anchor id the blob and anchor crash points hit
+    blob_write_delay_s: float = 0.0  # before each write of a blob file: a slow disk
 
     def __post_init__(self) -> None:
         for point in (self.crash_at, self.hang_at):
             if point is not None and point not in CRASH_POINTS:
                 raise ValueError(f"unknown fault point {point!r}; one of {CRASH_POINTS}")
+        if self.blob_crash_at is not None and self.blob_crash_at not in BLOB_CRASH_POINTS:
+            raise ValueError(
+                f"unknown blob fault point {self.blob_crash_at!r}; one of {BLOB_CRASH_POINTS}"
+            )
         if self.kernel_crash_at is not None and self.kernel_crash_at not in KERNEL_CRASH_POINTS:
             raise ValueError(
                 f"unknown kernel fault point {self.kernel_crash_at!r}; one of {KERNEL_CRASH_POINTS}"
@@ -59,24 +78,16 @@ class FaultPlan:
             self.crash_after_commits,
             self.enospc_after_bytes,
             self.eio_after_bytes,
+            blob_crash_at=self.blob_crash_at,
+            crash_anchor=self.crash_anchor,
+            blob_write_delay_s=self.blob_write_delay_s,
         )
 
-    def kernel_point(self, name: str) -> None:
-        """In the kernel process: die here if the plan says so."""
-        if self.kernel_crash_at == name:
+    def kernel_point(self, name: str, anchor_id: int | None = None) -> None:
+        """In the kernel process: die here if the plan says so (an anchor point only for the
+        anchor ``crash_anchor``)."""
+        if self.kernel_crash_at == name and anchor_id in (None, self.crash_anchor):
             os.kill(os.getpid(), signal.SIGKILL)
-
-    def kernel_partial_write(self, name: str) -> Callable[[int, bytes], None] | None:
-        """A write hook that writes half the bytes and dies, when ``name`` is the crash point."""
-        if self.kernel_crash_at != name:
-            return None
-
-        def half_then_die(fd: int, data: bytes) -> None:
-            os.write(fd, data[: max(1, len(data) // 2)])
-            os.fsync(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-        return half_then_die
 
     @property
     def empty(self) -> bool:
@@ -103,6 +114,31 @@ class FaultInjector:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         if p.eio_after_bytes is not None and self._written > p.eio_after_bytes:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    def blob_write_hook(self, anchor_id: int) -> Callable[[int, bytes], None] | None:
+        """Before each write of a blob file: a slow disk, or (the crash point's anchor) half
+        the bytes written and synced, then death."""
+        p = self._plan
+        crash = p.blob_crash_at == "blob_mid_write" and anchor_id == p.crash_anchor
+        if not crash and not p.blob_write_delay_s:
+            return None
+        writes = [0]
+
+        def hook(fd: int, data: bytes) -> None:
+            if p.blob_write_delay_s:
+                time.sleep(p.blob_write_delay_s)
+            writes[0] += 1
+            if crash and writes[0] == 2:  # the header went whole, the snapshot half
+                os.write(fd, data[: max(1, len(data) // 2)])
+                os.fsync(fd)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return hook
+
+    def blob_point(self, name: str, anchor_id: int) -> None:
+        p = self._plan
+        if p.blob_crash_at == name and anchor_id == p.crash_anchor:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def point(self, name: str) -> None:
         p = self._plan

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from ringtape.capture.anchors import AnchorStage
 from ringtape.capture.child import Spares
 from ringtape.capture.control import STATE_CLOSED, STATE_FAILED, wait_for_state
 from ringtape.capture.doorbell import Doorbell, new_address
@@ -89,6 +90,7 @@ class Session:
     views: RingViews
     process: subprocess.Popen[bytes]
     doorbell: Doorbell
+    anchors: AnchorStage
     monitor: threading.Thread | None = None
     # Readable once the writer has exited, reaped or not: Popen.poll() says nothing while the
     # monitor thread sits in wait(), and a stalled producer must still learn of the death.
@@ -101,26 +103,32 @@ class Session:
         manifest: Manifest,
         lock: WriterLock,
         geometry: RingGeometry,
-        writer_args: Callable[[str, bytes], WriterArgs],
+        writer_args: Callable[[str, bytes, str], WriterArgs],
         on_exit: Callable[[Session], None],
         spares: Spares,
+        anchor_reserve_bytes: int = 0,
     ) -> Session:
-        """Create the ring, start the writer (``writer_args(shm_name, doorbell)``) and the
-        monitor thread, which calls ``on_exit(session)`` once the writer has exited."""
+        """Create the ring and the anchor board, start the writer (``writer_args(shm_name,
+        doorbell, anchor_board)``) and the monitor thread, which calls ``on_exit(session)``
+        once the writer has exited. ``anchor_reserve_bytes``: staging prepared for snapshots
+        of that size (capture/anchor_staging.py)."""
         region = SharedRegion.create(geometry.region_size)
         views = RingViews(region.buf, geometry)
         views.init_control(os.getpid())
         address = new_address()
         doorbell = Doorbell(address)
+        anchors = AnchorStage(anchor_reserve_bytes)
         try:
-            process = spawn_writer(writer_args(region.name, address), lock.fd, spares)
+            args = writer_args(region.name, address, anchors.name)
+            process = spawn_writer(args, lock.fd, spares)
         except BaseException:
+            anchors.close()
             doorbell.close()
             views.release()
             region.close()
             unlink_name(region.name)
             raise
-        session = cls(paths, manifest, lock, region, views, process, doorbell)
+        session = cls(paths, manifest, lock, region, views, process, doorbell, anchors)
         try:
             session.pidfd = os.pidfd_open(process.pid)
         except OSError:  # gone already (its exit is seen by poll()), or no pidfd here
@@ -237,6 +245,7 @@ class Session:
         if self.monitor is not None and self.monitor is not threading.current_thread():
             self.monitor.join(1.0)
         self.doorbell.close()
+        self.anchors.close()
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1

@@ -33,8 +33,10 @@ class SharedRegion:
         self.buf: memoryview = memoryview(self._mmap)
 
     @classmethod
-    def create(cls, size: int, tag: str = "ring") -> SharedRegion:
-        name = f"{PREFIX}{os.getpid()}-{tag}-{secrets.token_hex(4)}"
+    def create(cls, size: int, tag: str = "ring", *, name: str | None = None) -> SharedRegion:
+        """A new region of ``size`` bytes, every page allocated and mapped; its name carries
+        this process's pid (``name`` must too, when given)."""
+        name = name or f"{PREFIX}{os.getpid()}-{tag}-{secrets.token_hex(4)}"
         fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             # Allocate every page now (tmpfs is sparse): the hot path must not page-fault.
@@ -70,6 +72,14 @@ class SharedRegion:
 def unlink_name(name: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(SHM_DIR / name)
+
+
+def unlink_family(prefix: str) -> None:
+    """Unlink every region whose name starts with ``prefix`` (the data regions of a board)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(SHM_DIR):
+            if name.startswith(prefix):
+                unlink_name(name)
 
 
 def remove_orphans() -> list[str]:

@@ -25,6 +25,7 @@ refuse new ones — because from that moment decisions are no longer recorded. T
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
+from ringtape.capture.anchors import AnchorRecord
 from ringtape.capture.cache import Cache
 from ringtape.capture.child import Spares
 from ringtape.capture.config import (
@@ -66,6 +68,7 @@ from ringtape.capture.session import Session, StoreStats, stop_process
 from ringtape.capture.shm import remove_orphans
 from ringtape.capture.wait import WAIT_STRATEGIES
 from ringtape.capture.writer import WriterArgs
+from ringtape.storage.format.blob import MAX_BLOB_BYTES
 from ringtape.storage.format.entry import (
     TOPIC_RUN_ENDED,
     TOPIC_RUN_STARTED,
@@ -74,7 +77,7 @@ from ringtape.storage.format.entry import (
 )
 from ringtape.storage.read.reader import CorruptionError
 from ringtape.storage.read.replay import ReplayResult, ReplaySourceError, replay_run
-from ringtape.storage.run.blobs import write_blob
+from ringtape.storage.run.blobs import Anchor, blob_ref
 from ringtape.storage.run.layout import RunPaths, inside, new_run_id
 from ringtape.storage.run.lock import WriterLock
 from ringtape.storage.run.manifest import Manifest, write_manifest
@@ -85,6 +88,7 @@ from ringtape.storage.segment.writer import DEFAULT_SEGMENT_BYTES
 log = logging.getLogger("ringtape.store")
 
 PRODUCER_MODES: Final = ("single", "threads")
+ANCHOR_MODES: Final = ("best_effort", "mandatory")
 WRITER_MODULE: Final = "ringtape.capture.writer"
 SIDECAR_MODULE: Final = "ringtape.capture.marker_sidecar"
 F = TypeVar("F", bound=Callable[..., Any])
@@ -121,10 +125,22 @@ class StoreOptions:
     # open() returns), so that open() does not wait for an interpreter to start and import:
     # two idle processes beside the store's own. close() (or the end of the store) ends them.
     prestart: bool = True
+    # "best_effort": a snapshot the writer cannot take yet is superseded or skipped (counted);
+    # "mandatory": anchor() waits for a slot (at most halt_threshold), else the store halts.
+    anchors: str = "best_effort"
+    # Staging for snapshots up to this size is prepared at open(), off the kernel's thread;
+    # larger ones are prepared after the first (which pays for its shared memory itself).
+    anchor_reserve_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         if self.producers not in PRODUCER_MODES:
             raise ValueError(f"producers: {self.producers!r} is not one of {PRODUCER_MODES}")
+        if self.anchors not in ANCHOR_MODES:
+            raise ValueError(f"anchors: {self.anchors!r} is not one of {ANCHOR_MODES}")
+        if not 0 <= self.anchor_reserve_bytes <= MAX_BLOB_BYTES:
+            raise ValueError(
+                f"anchor_reserve_bytes: {self.anchor_reserve_bytes} is not in 0..{MAX_BLOB_BYTES}"
+            )
         if self.writer_wait not in WAIT_STRATEGIES:
             raise ValueError(
                 f"writer_wait: {self.writer_wait!r} is not one of {sorted(WAIT_STRATEGIES)}"
@@ -176,6 +192,7 @@ class EventStore:
         self._parent_run_id: str | None = config.replay_from_run_id
         self._final_durable = 0
         self._last_anchor = 0
+        self._last_anchors: list[AnchorRecord] = []
         self._supervisor: subprocess.Popen[bytes] | None = None
         self._threshold_s = config.halt_threshold.total_seconds()
         # The producer and the lane call back through a weak reference: without a cycle, a
@@ -476,6 +493,7 @@ class EventStore:
         manifest.high_watermark = last
         manifest.end_ts_init = ts
         manifest.ts_init_backwards = session.stats(last).ts_init_backwards
+        manifest.anchor_fates = session.anchors.counts()  # the writer finished its blobs
         write_manifest(
             session.paths.run_dir,
             manifest,
@@ -488,10 +506,14 @@ class EventStore:
 
         ``anchor(snapshot_bytes) -> high_watermark``: call it on the kernel thread right after
         taking the snapshot, with no append in between, because the snapshot reflects every
-        entry appended so far. It waits (at most ``halt_threshold``, else the store halts) until
-        those entries are durable, stores the bytes as a content-addressed blob (fsynced), then
-        appends a ``SnapshotAnchor`` entry ``{high_watermark, blob_ref, content_hash}``. An
-        anchor behind the previous one raises ``AnchorRefused``.
+        entry appended so far (the watermark returned). It costs about one copy of the bytes:
+        they go to shared memory, a ``SnapshotAnchor`` entry ``{anchor_id, high_watermark,
+        blob_ref, size}`` is appended, and the writer process compresses, hashes and writes the
+        blob, durably, off this thread. The anchor is a restore point once its blob is
+        durable; ``anchors()`` says what became of each. When the writer is still busy with
+        earlier anchors the snapshot supersedes the one waiting (or is skipped): counted,
+        never a halt, unless ``StoreOptions(anchors="mandatory")``. An anchor behind the
+        previous one raises ``AnchorRefused``.
         """
         if not self._open:
             return None
@@ -499,7 +521,23 @@ class EventStore:
             return self._serialised(self._anchor)
         return self._anchor
 
-    def _anchor(self, snapshot: bytes) -> int:
+    def anchors(self) -> list[AnchorRecord]:
+        """The anchors of the open run (or of the last one, once sealed) and their states:
+        ``pending``, ``durable``, ``superseded``, ``skipped`` or ``failed``."""
+        session = self._session
+        if session is not None:
+            with contextlib.suppress(ValueError):  # released by a teardown just now
+                return session.anchors.records()
+        return list(self._last_anchors)
+
+    def anchor_capacity(self) -> int:
+        """The largest snapshot ``anchor()`` takes now without allocating shared memory on the
+        calling thread (0 when no run is open). It grows ahead of the snapshots anchored and
+        starts at ``StoreOptions.anchor_reserve_bytes`` once its staging is prepared."""
+        session = self._session
+        return 0 if session is None else session.anchors.staging.capacity()
+
+    def _anchor(self, snapshot: bytes | bytearray | memoryview) -> int:
         self._check_thread()
         session = self._session
         if session is None or not self._open:
@@ -507,31 +545,63 @@ class EventStore:
         error = self.halted_error()
         if error is not None:
             raise error
+        if not isinstance(snapshot, bytes | bytearray | memoryview):
+            raise TypeError(f"a snapshot is bytes, not {type(snapshot).__name__}")
+        if isinstance(snapshot, memoryview) and snapshot.format != "B":
+            snapshot = snapshot.cast("B")  # its len then counts bytes, not items
+        if len(snapshot) > MAX_BLOB_BYTES:
+            raise ValueError(f"a snapshot of {len(snapshot):,} bytes is over {MAX_BLOB_BYTES:,}")
         watermark = self._producer.seq
         if watermark < self._last_anchor:
             raise AnchorRefused(
                 f"anchor at {watermark} is behind the previous anchor at {self._last_anchor}"
             )
-        threshold = self._threshold_s
-        if not self._wait_durable(watermark, threshold):
-            if not self._halted:
-                self._halt(
-                    session.writer_failure()
-                    or HaltReason(
-                        "AnchorStall",
-                        f"entries up to {watermark} not durable within {threshold * 1e3:.0f} ms",
-                        stalled_for_s=threshold,
-                        threshold_s=threshold,
-                    )
-                )
-            raise self._halted_error()
-        hook = self.options.faults.kernel_partial_write("blob_mid_write")
-        blob = write_blob(session.paths.run_dir, bytes(snapshot), during_write=hook)
-        anchor = dataclasses.replace(blob, high_watermark=watermark)
+        stage = session.anchors
+        mandatory = self.options.anchors == "mandatory"
+        slot = stage.free_slot(supersede=not mandatory)
+        if slot is None and mandatory:
+            slot = self._wait_for_slot(session)
+        if slot is None:
+            stage.skip(
+                watermark,
+                len(snapshot),
+                "neither anchor slot was free: the writer is busy with earlier anchors",
+            )
+            return watermark
+        anchor_id = stage.fill(slot, snapshot, watermark)
+        self.options.faults.kernel_point("anchor_before_entry", anchor_id)
+        anchor = Anchor(watermark, blob_ref(anchor_id), "", len(snapshot), 0, anchor_id)
         seq = self._producer.append(TOPIC_SNAPSHOT_ANCHOR, anchor.to_payload(), payload_type="json")
-        session.manifest.anchors.append(dataclasses.asdict(dataclasses.replace(anchor, seq=seq)))
+        stage.publish(slot, anchor_id, seq)
+        # The writer may have taken the entry before the slot said FILLED; if it is idle now,
+        # this bell makes it look at the board again.
+        session.doorbell.ring()
+        session.manifest.anchors.append(dataclasses.replace(anchor, seq=seq).to_index())
         self._last_anchor = watermark
         return watermark
+
+    def _wait_for_slot(self, session: Session) -> int:
+        """Mandatory anchors: wait (at most ``halt_threshold``) for the writer to free a slot,
+        else halt: this store's restore points are part of what it promises."""
+        deadline = time.monotonic() + self._threshold_s
+        while time.monotonic() < deadline:
+            slot = session.anchors.free_slot(supersede=False)
+            if slot is not None:
+                return slot
+            if self._halted:
+                raise self._halted_error()
+            time.sleep(0.001)
+        self._halt(
+            session.writer_failure()
+            or HaltReason(
+                "AnchorStall",
+                f"no anchor slot freed up within {self._threshold_s * 1e3:.0f} ms"
+                " (mandatory anchors)",
+                stalled_for_s=self._threshold_s,
+                threshold_s=self._threshold_s,
+            )
+        )
+        raise self._halted_error()
 
     def run_id(self) -> str | None:
         """The run id of the open run (``None`` when no run is open)."""
@@ -606,7 +676,7 @@ class EventStore:
     def _start_session(
         self, paths: RunPaths, manifest: Manifest, env: Environment, lock: WriterLock
     ) -> None:
-        def writer_args(shm_name: str, doorbell: bytes) -> WriterArgs:
+        def writer_args(shm_name: str, doorbell: bytes, anchor_board: str) -> WriterArgs:
             return WriterArgs(
                 shm_name=shm_name,
                 capacity=self._geometry.capacity,
@@ -620,12 +690,21 @@ class EventStore:
                 max_batch_latency_s=self.config.max_batch_latency.total_seconds(),
                 publish_clock="ts_init" if env is Environment.BACKTEST else "wall",
                 wait=self.options.writer_wait,
+                anchor_board=anchor_board,
+                prune_blobs=self.config.retention.kind == "SnapshotAnchored",
                 halt_threshold_s=self._threshold_s,
                 faults=self.options.faults.writer_plan,
             )
 
         session = Session.start(
-            paths, manifest, lock, self._geometry, writer_args, self._on_writer_exit, self._spares
+            paths,
+            manifest,
+            lock,
+            self._geometry,
+            writer_args,
+            self._on_writer_exit,
+            self._spares,
+            self.options.anchor_reserve_bytes,
         )
         self._session = session
         self._producer.bind(session.views, session.doorbell.ring, threading.current_thread())
@@ -688,6 +767,8 @@ class EventStore:
         if supervisor is not None:
             stop_process(supervisor)
         self._producer.unbind()  # appends now take the slow path: StoreHalted or StoreNotOpen
+        with contextlib.suppress(ValueError):
+            self._last_anchors = session.anchors.records()
         self._final_durable = session.close(kill=kill)
 
     def _prestart(self) -> None:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from ringtape.capture.blob_writer import BlobWriter
 from ringtape.capture.child import ChildArgs, Spares, serve
 from ringtape.capture.doorbell import DoorbellListener
 from ringtape.capture.faults import FaultInjector, FaultPlan
@@ -87,6 +88,8 @@ class WriterArgs(ChildArgs):
     max_batch_latency_s: float = 0.005
     publish_clock: str = "wall"  # "wall", or "ts_init" to copy ts_init (backtests)
     wait: str = "sleep"  # a name in capture.wait.WAIT_STRATEGIES
+    anchor_board: str = ""  # the shared region snapshots come through (capture/anchor_board.py)
+    prune_blobs: bool = False  # keep only the newest anchors' blobs (SnapshotAnchored)
     halt_threshold_s: float = 0.25  # how long a record that does not validate is tolerated
     faults: FaultPlan = field(default_factory=FaultPlan)
 
@@ -100,8 +103,10 @@ class WriterLoop:
         doorbell: DoorbellListener,
         faults: FaultInjector,
         lock: WriterLock,
+        blobs: BlobWriter | None = None,
     ) -> None:
         self.args = args
+        self.blobs = blobs
         self.v = views
         self.ring = RingConsumer(views)
         self.segments = segments
@@ -121,6 +126,8 @@ class WriterLoop:
         views.ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
 
     def close(self) -> None:
+        if self.blobs is not None:  # every anchor whose entry was taken gets its blob first
+            self.blobs.close(self.ring.read_seq)
         self.segments.close()
         self.publish_stats()
         self.doorbell.close()
@@ -168,6 +175,8 @@ class WriterLoop:
         self._sleep_until(self.ring.read_seq + 1, min(timeout, IDLE_SLEEP_S))
         # Whatever is published now was published while we slept: most likely just now.
         self.window_start = now = time.monotonic()
+        if self.blobs is not None:  # a slot filled after its entry was taken (the kernel rings)
+            self.blobs.poll(self.ring.read_seq)
         if now >= self.stats_due:
             self.publish_stats()
 
@@ -223,6 +232,8 @@ class WriterLoop:
         ctrl[WRITER_HEARTBEAT_NS] = time.monotonic_ns()
         self.faults.commits += 1
         self.faults.point("after_publish")
+        if self.blobs is not None:
+            self.blobs.poll(self.ring.read_seq)
         if self.window_start >= self.stats_due:
             self.publish_stats()
 
@@ -295,7 +306,13 @@ def writer_main(args: WriterArgs, fds: tuple[int, ...]) -> None:
             compression_level=args.compression_level,
             write_guard=None if args.faults.empty else faults.guard_write,
         )
-        return WriterLoop(args, views, segments, DoorbellListener(args.doorbell), faults, lock)
+        blobs = None
+        if args.anchor_board:
+            blobs = BlobWriter(
+                args.anchor_board, run_dir, args.run_id, faults, prune=args.prune_blobs
+            )
+        doorbell = DoorbellListener(args.doorbell)
+        return WriterLoop(args, views, segments, doorbell, faults, lock, blobs)
 
     geometry = RingGeometry.for_capacity(args.capacity)
     serve("writer", args, lambda buf: RingViews(buf, geometry), setup)

@@ -94,12 +94,17 @@ def test_judged_figures_carry_target_and_met(
         result["durable_throughput"]["ringtape_session_stream"],
         result["append_to_durable"]["latency"],
         result["idle_cpu"],
+        *result["anchors"]["sizes"].values(),
+        result["anchors"]["blobs"],
+        result["anchors"]["append_during_blob"],
     ]
     for section in judged:
         assert isinstance(section["target"], dict) and section["target"]
         assert isinstance(section["met"], bool)
     names = {check["name"] for check in result["checks"]}
-    assert len(result["checks"]) == 2 * 3 + 5, names
+    # append (2 modes x 3), 5 pipeline figures, anchor() per size (4) and its 20 MB max,
+    # blob ratio and read speed, appends during a blob write
+    assert len(result["checks"]) == 2 * 3 + 5 + 4 + 1 + 2 + 1, names
     assert all(isinstance(check["met"], bool) for check in result["checks"])
     comp = result["compression"]
     assert comp["raw_bytes"] > 0 and comp["stored_bytes"] > 0

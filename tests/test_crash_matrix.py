@@ -45,9 +45,10 @@ print(json.dumps({"run_dir": str(store.run_dir()), "durable": store.durable_seq(
 if spec.get("die") == "before_first_append":
     os.kill(os.getpid(), signal.SIGKILL)
 durable = 1
+shift = 0  # entries the store appended itself meanwhile (an anchor's)
 try:
     for i in range(spec.get("entries", 20000)):
-        seq = i + 2
+        seq = i + 2 + shift
         store.append("events.order.filled", b"entry-%d" % seq, ts_init=seq)
         if i % 500 == 0:
             d = store.durable_seq()
@@ -55,7 +56,8 @@ try:
                 durable = d
                 print(json.dumps({"durable": d}), flush=True)
             if spec.get("anchor") and i == 5000:
-                store.snapshot_anchorer()(b"snapshot")
+                store.snapshot_anchorer()(os.urandom(200) * 50)
+                shift += 1
         if spec.get("die") == "mid_batch" and i == 12345:
             print(json.dumps({"durable": store.durable_seq()}), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -95,7 +97,7 @@ CASES = {
         RunStatus.ENDED,
     ),
     "during_snapshot_blob_write": (
-        {"faults": {"kernel_crash_at": "blob_mid_write"}, "anchor": True},
+        {"faults": {"blob_crash_at": "blob_mid_write"}, "anchor": True, "wait_halt": True},
         RunStatus.CRASHED_RECOVERED,
     ),
 }

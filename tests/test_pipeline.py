@@ -33,7 +33,7 @@ from ringtape.capture.errors import (
 from ringtape.capture.faults import FaultPlan
 from ringtape.capture.store import EventStore, StoreOptions
 from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED, TOPIC_SNAPSHOT_ANCHOR
-from ringtape.storage.run.blobs import Anchor, read_blob
+from ringtape.storage.run.blobs import Anchor, read_snapshot
 from ringtape.storage.run.manifest import read_manifest
 from ringtape.storage.run.status import RunStatus
 
@@ -305,13 +305,21 @@ def test_snapshot_anchor_is_durable_blob_and_entry(
     assert anchor is not None and run_dir is not None
     for i in range(500):
         store.append("events.order.submitted", b'{"order_id": "%d"}' % i)
-    watermark = anchor(b"state-after-501")
-    assert watermark == 501 and store.durable_seq() >= 501
+    snapshot = b"state-after-501 " * 1000
+    watermark = anchor(snapshot)
+    assert watermark == 501  # returned at once: the writer makes it durable
+    wait_until(lambda: store.anchors()[0].state == "durable", what="the first anchor durable")
+    assert store.durable_seq() >= 502  # its blob is durable only after its entry was taken
     assert anchor(b"state-after-502") == 502  # the first anchor's own entry is seq 502
     store.seal()
+    states = [(a.anchor_id, a.high_watermark, a.state) for a in store.anchors()]
+    assert states == [(1, 501, "durable"), (2, 502, "durable")]
     anchors = [e for e in walk_entries(run_dir) if e.topic == TOPIC_SNAPSHOT_ANCHOR]
     assert len(anchors) == 2
     recorded = Anchor.from_payload(anchors[0].payload, anchors[0].seq)
-    assert recorded.high_watermark == 501 and recorded.seq == 502
-    assert read_blob(run_dir, recorded) == b"state-after-501"
-    assert oct((run_dir / recorded.blob_ref).stat().st_mode & 0o777) == "0o600"
+    assert recorded.high_watermark == 501 and recorded.seq == 502 and recorded.anchor_id == 1
+    assert read_snapshot(run_dir, recorded) == snapshot
+    blob = run_dir / recorded.blob_ref
+    assert oct(blob.stat().st_mode & 0o777) == "0o600"
+    assert blob.stat().st_size < len(snapshot) / 5  # compressed
+    assert read_manifest(run_dir).anchor_fates == {"durable": 2}

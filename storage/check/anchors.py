@@ -1,20 +1,25 @@
 """Verification of a run's snapshot anchors (a ``ringtape.storage.check.verify`` run checker).
 
-Each ``SnapshotAnchor`` entry must name a blob that exists inside the run and hashes to the
-recorded value, must not point past the run's last entry nor at or after its own seq, and must
-not go back from the anchor before it. The manifest's anchor index must match the stream.
+Each ``SnapshotAnchor`` entry must not point past the run's last entry nor at or after its own
+seq, must not go back from the anchor before it, and a blob it names that is there must be the
+one it names (format, anchor, watermark, size, content hash). An anchor whose blob is not there
+never completed (a crash, a superseded snapshot) or was reclaimed: a note, not damage; so is
+a blob no entry names. The manifest's anchor
+index must match the stream.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
-from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ringtape.storage.check.findings import Finding, Kind
 from ringtape.storage.read.reader import CorruptionError
-from ringtape.storage.read.replay import anchor_problem, iter_anchors
-from ringtape.storage.run.blobs import Anchor, BlobError
+from ringtape.storage.read.replay import check_anchor, iter_anchors
+from ringtape.storage.run.blobs import BLOB_NAME_V2, Anchor, BlobError, alias_target
+from ringtape.storage.run.layout import BLOB_DIR
 
 if TYPE_CHECKING:
     from ringtape.storage.check.verify import RunContext
@@ -26,6 +31,7 @@ def check_anchors(ctx: RunContext) -> Iterable[Finding]:
     last = ctx.events.last_seq or 0
     where = str(ctx.run_dir)
     found = []
+    named: set[str] = set()  # blobs the anchor entries name, aliases' targets included
     previous = 0
     # The deep scan kept the anchor entries it passed; read the stream again only if it had
     # to stop keeping them (a pathological number of anchors).
@@ -40,14 +46,27 @@ def check_anchors(ctx: RunContext) -> Iterable[Finding]:
             if isinstance(anchor, Finding):
                 yield anchor
                 continue
-            found.append(asdict(anchor))
-            problem = anchor_problem(ctx.run_dir, anchor, previous, last)
-            if problem is not None:
-                yield Finding(Kind.ANCHOR_INVALID, where, None, anchor.seq, anchor.seq, problem)
-            else:
+            found.append(anchor.to_index())
+            named.update(r for r in (anchor.blob_ref, alias_target(ctx.run_dir, anchor)) if r)
+            check = check_anchor(ctx.run_dir, anchor, previous, last)
+            if check.complete:
                 previous = anchor.high_watermark
+            elif check.damage:
+                yield Finding(
+                    Kind.ANCHOR_INVALID, where, None, anchor.seq, anchor.seq, check.problem or ""
+                )
+            else:
+                yield Finding(
+                    Kind.ANCHOR_INCOMPLETE,
+                    where,
+                    None,
+                    anchor.seq,
+                    anchor.seq,
+                    f"{check.problem}; it is no restore point (an earlier complete one is used)",
+                )
     except (CorruptionError, ValueError):
         return
+    yield from _unnamed_blobs(ctx.run_dir, named)
     manifest = ctx.manifest
     # Retention may have reclaimed the segments that held older anchors' entries.
     kept = (
@@ -65,6 +84,25 @@ def check_anchors(ctx: RunContext) -> Iterable[Finding]:
             f"manifest lists {len(kept)} anchor(s) from seq {ctx.retained_from_seq} on, the"
             f" stream has {len(found)}: {_first_difference(kept, found)}",
         )
+
+
+def _unnamed_blobs(run_dir: Path, named: set[str]) -> Iterable[Finding]:
+    """A blob no anchor entry names is no restore point, and not damage. The writer writes a
+    blob only after its entry is durable, so this is a run assembled by hand (a copied or
+    partly restored directory) or segments lost after the fact, which the stream checks
+    report on their own."""
+    try:
+        names = sorted(os.listdir(run_dir / BLOB_DIR))
+    except OSError:
+        return  # no blobs/ (or an unreadable one, which check_files reports)
+    for name in names:
+        ref = f"{BLOB_DIR}/{name}"
+        if BLOB_NAME_V2.match(name) and ref not in named:
+            yield Finding(
+                Kind.ANCHOR_INCOMPLETE,
+                str(run_dir / ref),
+                detail="no anchor entry names this blob; it is no restore point",
+            )
 
 
 def _decode(payload: bytes, seq: int, where: str) -> Anchor | Finding:

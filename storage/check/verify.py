@@ -34,6 +34,7 @@ from ringtape.storage.check.scan import SegmentScan, scan_segment
 from ringtape.storage.check.stream import StreamScan, check_stream, header_mismatch
 from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED
 from ringtape.storage.format.frame import STREAM_NAMES
+from ringtape.storage.run.blobs import BLOB_NAME_V1, BLOB_NAME_V2
 from ringtape.storage.run.layout import (
     BLOB_DIR,
     LOCK_NAME,
@@ -51,7 +52,7 @@ from ringtape.storage.run.manifest import Manifest, ManifestError, read_manifest
 from ringtape.storage.run.status import INFORMATIONAL, RunFacts, RunStatus, verify_verdict
 
 STREAMS: Final = tuple(STREAM_NAMES.values())
-BLOB_NAME_RE: Final = re.compile(r"^[0-9a-f]{32}\.snap$")
+BLOB_NAMES: Final = (BLOB_NAME_V1, BLOB_NAME_V2)
 TEMP_MANIFEST_RE: Final = re.compile(r"^\." + re.escape(MANIFEST_NAME) + r"\..*\.tmp$")
 
 ProgressFn = Callable[[int, int], None]
@@ -136,8 +137,8 @@ def check_files(ctx: RunContext) -> Iterable[Finding]:
 
 
 def _check_blob_dir(blob_dir: Path) -> Iterable[Finding]:
-    """Only ``<32 hex>.snap`` regular files belong in ``blobs/``; a ``.<name>.tmp`` is a blob
-    write a crash interrupted (never anchored: nothing refers to it)."""
+    """Only blob files (``anchor-<id>.blob``, or format 1's ``<32 hex>.snap``) belong in
+    ``blobs/``; a ``.<name>.tmp`` is a blob write a crash interrupted (never complete)."""
     try:
         entries = sorted(os.scandir(blob_dir), key=lambda e: e.name)
     except OSError as exc:
@@ -145,7 +146,7 @@ def _check_blob_dir(blob_dir: Path) -> Iterable[Finding]:
         return
     for e in entries:
         path = str(blob_dir / e.name)
-        if BLOB_NAME_RE.match(e.name) and e.is_file(follow_symlinks=False):
+        if any(r.match(e.name) for r in BLOB_NAMES) and e.is_file(follow_symlinks=False):
             continue
         if e.name.startswith(".") and e.name.endswith(".tmp"):
             yield Finding(Kind.LEFTOVER_TEMP, path, detail="a snapshot blob write was interrupted")

@@ -4,9 +4,11 @@ Rules of this module:
 
 1. Only a sealed run (``ended`` or ``crashed_recovered``) is a source; ``running`` and
    ``quarantined`` runs are refused with :class:`ReplaySourceError`, before anything is read.
-2. The anchor used is the newest *valid* one: its entry is in the stream, its watermark is not
-   past the run's high watermark nor behind an earlier anchor, and its blob exists and hashes
-   to the recorded value. An invalid newer anchor is skipped (and reported), never trusted.
+2. The anchor used is the newest *complete* one: its entry is in the stream, its watermark is
+   not past the run's high watermark nor behind an earlier anchor, and its blob exists and is
+   the one the entry names (storage/run/blobs.py). A newer anchor that never completed (a crash
+   before its blob was durable, an anchor superseded by the next) or whose blob is wrong is
+   skipped (and reported), never trusted.
 3. Entries ``anchor.high_watermark + 1 ..= high_watermark`` are applied in seq order, every
    frame verified on the way (``storage.read.reader``); the first damage stops the replay
    with :class:`~ringtape.storage.read.reader.CorruptionError`. Replay never writes anything.
@@ -17,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ringtape.storage.format.entry import TOPIC_SNAPSHOT_ANCHOR, Entry
 from ringtape.storage.read.reader import iter_entries, iter_frames
-from ringtape.storage.run.blobs import Anchor, BlobError, read_blob
+from ringtape.storage.run.blobs import Anchor, BlobError, BlobMissing, blob_header, read_snapshot
 from ringtape.storage.run.manifest import ManifestError, read_manifest
 from ringtape.storage.run.status import REPLAY_REFUSALS
 
@@ -65,33 +67,70 @@ def iter_anchors(run_dir: Path) -> Iterator[Anchor]:
                     continue
 
 
-def anchor_problem(run_dir: Path, anchor: Anchor, previous: int, high_watermark: int) -> str | None:
-    """Why an anchor cannot be used (``None``: it is valid)."""
+class AnchorCheck(NamedTuple):
+    """Whether an anchor is a restore point, and if not, why (``damage``: its blob is there
+    but not the one the anchor names, or the anchor breaks a rule; otherwise it simply never
+    completed, or retention reclaimed its blob)."""
+
+    complete: bool
+    problem: str | None = None
+    damage: bool = False
+
+
+def check_anchor(
+    run_dir: Path, anchor: Anchor, previous: int, high_watermark: int, *, deep: bool = True
+) -> AnchorCheck:
+    """Check one anchor against the rules (FORMAT.md, "Snapshot anchors"). ``deep``
+    decompresses the blob and checks its hash; otherwise only its header (or, for a format 1
+    blob, its bytes) are checked."""
+    where = f"anchor at seq {anchor.seq}"
     if anchor.high_watermark > high_watermark:
-        return f"anchor at seq {anchor.seq} points past the high watermark {high_watermark}"
+        return AnchorCheck(False, f"{where} points past the high watermark {high_watermark}", True)
     if anchor.seq and anchor.high_watermark >= anchor.seq:
-        return f"anchor at seq {anchor.seq} claims watermark {anchor.high_watermark}, not before it"
+        return AnchorCheck(
+            False, f"{where} claims watermark {anchor.high_watermark}, not before it", True
+        )
     if anchor.high_watermark < previous:
-        return f"anchor at seq {anchor.seq} goes back from {previous} to {anchor.high_watermark}"
+        return AnchorCheck(
+            False, f"{where} goes back from {previous} to {anchor.high_watermark}", True
+        )
     try:
-        read_blob(run_dir, anchor)
+        if deep or anchor.format == 1:
+            read_snapshot(run_dir, anchor)
+        else:
+            header = blob_header(run_dir, anchor.blob_ref)
+            if (header.anchor_id, header.high_watermark) != (
+                anchor.anchor_id,
+                anchor.high_watermark,
+            ):
+                raise BlobError(f"blob {anchor.blob_ref} is another anchor's")
+    except BlobMissing as exc:
+        return AnchorCheck(False, f"{where} never completed (or was reclaimed): {exc}")
     except BlobError as exc:
-        return str(exc)
-    return None
+        return AnchorCheck(False, str(exc), True)
+    return AnchorCheck(True)
 
 
-def newest_valid_anchor(run_dir: Path, high_watermark: int) -> tuple[Anchor | None, list[str]]:
-    """The anchor replay starts from, and why newer ones were skipped."""
+def anchor_problem(run_dir: Path, anchor: Anchor, previous: int, high_watermark: int) -> str | None:
+    """Why an anchor cannot be used (``None``: it is a restore point)."""
+    return check_anchor(run_dir, anchor, previous, high_watermark).problem
+
+
+def newest_valid_anchor(
+    run_dir: Path, high_watermark: int, *, deep: bool = True
+) -> tuple[Anchor | None, list[str]]:
+    """The newest anchor that is a restore point, and why the anchors after it are not."""
     best: Anchor | None = None
     problems: list[str] = []
     previous = 0
     for anchor in iter_anchors(run_dir):
-        problem = anchor_problem(run_dir, anchor, previous, high_watermark)
-        if problem is None:
+        check = check_anchor(run_dir, anchor, previous, high_watermark, deep=deep)
+        if check.complete:
             best = anchor
             previous = anchor.high_watermark
-        else:
-            problems.append(problem)
+            problems.clear()  # only what lies after the anchor used matters to a replay
+        elif check.problem is not None:
+            problems.append(check.problem)
     return best, problems
 
 
@@ -110,11 +149,20 @@ def open_source(run_dir: Path) -> int:
 def replay_run(run_dir: Path, cache: ReplayTarget) -> ReplayResult:
     """Restore ``cache`` to the state at the end of the sealed run in ``run_dir``."""
     high_watermark = open_source(run_dir)
-    anchor, skipped = newest_valid_anchor(run_dir, high_watermark)
+    anchor, skipped = newest_valid_anchor(run_dir, high_watermark, deep=False)
     start = 1
     if anchor is not None:
-        cache.restore(read_blob(run_dir, anchor))
-        start = anchor.high_watermark + 1
+        snapshot: bytes | None
+        try:
+            snapshot = read_snapshot(run_dir, anchor)
+        except BlobError as exc:  # its header was right, its content is not: choose again
+            skipped.append(str(exc))
+            anchor, more = newest_valid_anchor(run_dir, anchor.high_watermark - 1)
+            skipped += more
+            snapshot = None if anchor is None else read_snapshot(run_dir, anchor)
+        if anchor is not None and snapshot is not None:
+            cache.restore(snapshot)
+            start = anchor.high_watermark + 1
     applied = 0
     if start <= high_watermark:
         for entry in iter_entries(run_dir, from_seq=start, to_seq=high_watermark, strict=True):

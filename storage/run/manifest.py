@@ -51,6 +51,9 @@ class Manifest:
     # Entries whose ts_init is below the entry before them (a kernel clock that went back):
     # counted, not damage.
     ts_init_backwards: int = 0
+    # How the run's anchor() calls ended, by state (durable, superseded, skipped, failed,
+    # pending): a sealed run's own account; the stream and the blobs are the truth.
+    anchor_fates: dict[str, int] = field(default_factory=dict)
     format: int = MANIFEST_FORMAT
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +91,11 @@ class Manifest:
             raise ManifestError("manifest anchors is not a list of objects")
         if not isinstance(m.retained_from_seq, int) or m.retained_from_seq < 1:
             raise ManifestError(f"manifest retained_from_seq {m.retained_from_seq!r} is not valid")
+        fates = m.anchor_fates
+        if not isinstance(fates, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) for k, v in fates.items()
+        ):
+            raise ManifestError("manifest anchor_fates is not an object of counts")
         if not isinstance(m.ts_init_backwards, int) or m.ts_init_backwards < 0:
             raise ManifestError(f"manifest ts_init_backwards {m.ts_init_backwards!r} is not valid")
         return m

@@ -35,9 +35,17 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ringtape.storage.format.frame import SEGMENT_HEADER_SIZE, FormatError, decode_segment_header
-from ringtape.storage.run.blobs import Anchor, BlobError, read_blob
+from ringtape.storage.run.blobs import (
+    BLOB_NAME_V1,
+    BLOB_NAME_V2,
+    Anchor,
+    BlobError,
+    alias_target,
+    read_snapshot,
+)
 from ringtape.storage.run.layout import (
     BLOB_DIR,
     TRASH_DIR,
@@ -133,18 +141,14 @@ def _segments(run_dir: Path, high_watermark: int) -> tuple[SegmentInfo, ...]:
     return tuple(out)
 
 
-def _newest_valid_anchor(run_dir: Path, anchors: list[dict[str, object]]) -> Anchor | None:
+def _newest_valid_anchor(run_dir: Path, anchors: list[dict[str, Any]]) -> Anchor | None:
+    """The newest anchor of the manifest's index that is a restore point (its blob complete
+    and the one it names)."""
     for raw in reversed(anchors):
         try:
-            anchor = Anchor(
-                int(raw["high_watermark"]),  # type: ignore[call-overload]
-                str(raw["blob_ref"]),
-                str(raw["content_hash"]),
-                int(raw["size"]),  # type: ignore[call-overload]
-                int(raw.get("seq", 0)),  # type: ignore[call-overload]
-            )
-            read_blob(run_dir, anchor)
-        except (KeyError, TypeError, ValueError, BlobError):
+            anchor = Anchor.from_index(raw)
+            read_snapshot(run_dir, anchor)
+        except BlobError:
             continue
         return anchor
     return None
@@ -157,8 +161,9 @@ def describe_run(run_dir: Path) -> RunInfo:
     except ManifestError:
         return RunInfo(run_dir.name, run_dir, None, None, writer_alive(run_dir), 0, None, (), (), 0)
     blob_dir = run_dir / BLOB_DIR
+    names = os.listdir(blob_dir) if blob_dir.is_dir() else []
     blobs = tuple(
-        sorted(f"{BLOB_DIR}/{p.name}" for p in blob_dir.glob("*.snap")) if blob_dir.is_dir() else ()
+        sorted(f"{BLOB_DIR}/{n}" for n in names if BLOB_NAME_V1.match(n) or BLOB_NAME_V2.match(n))
     )
     return RunInfo(
         manifest.run_id,
@@ -263,7 +268,8 @@ def _anchor_tail_reclaim(run: RunInfo) -> Reclaim | None:
             kept_from = seg.last_seq + 1
         else:
             break
-    paths += [run.run_dir / ref for ref in run.blobs if ref != anchor.blob_ref]
+    needed = {anchor.blob_ref, alias_target(run.run_dir, anchor)}
+    paths += [run.run_dir / ref for ref in run.blobs if ref not in needed]
     if not paths:
         return None
     return Reclaim(

@@ -95,7 +95,9 @@ RECOVERABLE: Final = frozenset({RunStatus.RUNNING})
 
 # Kinds that describe what is kept around a run rather than damage to the record itself: they
 # are reported, but they never make a verification fail nor quarantine a run.
-INFORMATIONAL: Final[frozenset[Kind]] = frozenset({Kind.LEFTOVER_TORN, Kind.TS_INIT_BACKWARDS})
+INFORMATIONAL: Final[frozenset[Kind]] = frozenset(
+    {Kind.LEFTOVER_TORN, Kind.TS_INIT_BACKWARDS, Kind.ANCHOR_INCOMPLETE}
+)
 
 # Kinds the recovery of a running run does not count as damage: the torn tail at the very end
 # of a stream is the crash itself, and bytes an interrupted recovery kept aside are a record of

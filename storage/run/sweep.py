@@ -9,7 +9,6 @@ next boot: the sweep never raises, so it never stops a kernel from booting.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +77,7 @@ def _index_anchors(run_dir: Path) -> None:
     """Record the run's anchors in its manifest (what seal() does for a clean run), so that
     retention can see the restore points of recovered runs too."""
     try:
-        anchors = [dataclasses.asdict(a) for a in iter_anchors(run_dir)]
+        anchors = [a.to_index() for a in iter_anchors(run_dir)]
     except CorruptionError as exc:
         log.warning("anchors of %s not indexed: %s", run_dir.name, exc)
         return

@@ -64,6 +64,7 @@ SECTIONS: Final = (
     "append_to_durable",
     "idle_cpu",
     "compression",
+    "anchors",
 )
 
 TOPICS: Final = (

@@ -31,6 +31,9 @@ Sections of the JSON (a ``target`` and a ``met`` wherever the design gives a tar
     CPU of the store's child processes (writer, sidecar) over an idle window after ``open``.
 ``compression``
     Raw entry bytes against the bytes the segment files grew by, over the throughput run.
+``anchors``
+    ``anchor()`` on the kernel's thread beside a copy of the same bytes, appends while a 20 MB
+    blob is written, blob compression and read speed (``tools/bench/anchors.py``).
 
 Temporary runs live under ``./.bench-tmp/`` (so ``fdatasync`` reaches the real disk) and are
 removed afterwards.
@@ -55,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from ringtape.tools.arguments import bench_arguments
+from ringtape.tools.bench.anchors import section_anchors
 from ringtape.tools.bench.common import (
     BASELINE_NAMES,
     SCHEMA,
@@ -130,6 +134,22 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
     )
     add("append to durable", get("append_to_durable", "latency"), "p99_ns")
     add("idle cpu", get("idle_cpu"), "percent_of_core")
+    for size, figures in (get("anchors", "sizes") or {}).items():
+        for key in figures.get("target", {}):
+            add(f"anchor() {int(size) / 1e6:g} MB {key[:-3]}", figures, key)
+    blobs = get("anchors", "blobs")
+    add("blob compression ratio", blobs, "min_ratio")
+    add("blob read MB/s", blobs, "read_snapshot_mb_per_s")
+    during = get("anchors", "append_during_blob")
+    if isinstance(during, dict) and "during_blob_write" in during:
+        out.append(
+            {
+                "name": "append p99.9 during a blob write",
+                "value": during["during_blob_write"]["p99_9_ns"],
+                "target": during["target"]["p99_9_ns"],
+                "met": during["met"],
+            }
+        )
     return out
 
 
@@ -161,6 +181,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         (("producer_cpu", "durable_throughput", "compression"), section_unpaced),
         (("append_to_durable",), section_append_to_durable),
         (("idle_cpu",), section_idle),
+        (("anchors",), section_anchors),
     ]
     errors = []
     try:
@@ -245,8 +266,35 @@ def format_table(result: dict[str, Any]) -> str:
             f"other processes used {machine['other_processes_cores']:.2f} cores during the"
             f" {machine['wall_s']:.0f} s run (above ~0.2 the figures are pessimistic)"
         )
+    lines += _anchor_lines(result.get("anchors", {}))
     lines += [f"error in {'/'.join(e['sections'])}: {e['error']}" for e in result.get("errors", [])]
     return "\n".join(lines)
+
+
+def _anchor_lines(anchors: dict[str, Any]) -> list[str]:
+    lines = []
+    for size, f in anchors.get("sizes", {}).items():
+        lines.append(
+            f"anchor() {int(size) / 1e6:g} MB: median {f['median_ns'] / 1e6:.3f} ms, max"
+            f" {f['max_ns'] / 1e6:.3f} ms; copy of the same bytes {f['copy_median_ns'] / 1e6:.3f}"
+            f" ms; first call unprepared {f['first_call_ns_default_reserve'] / 1e6:.2f} ms"
+            f" [{_met(f['met'])}]"
+        )
+    blobs = anchors.get("blobs", {})
+    if "min_ratio" in blobs:
+        lines.append(
+            f"blobs: >= {blobs['min_ratio']:.1f}x smaller; read back at"
+            f" {blobs['read_snapshot_mb_per_s']:,.0f} MB/s [{_met(blobs['met'])}]"
+        )
+    during = anchors.get("append_during_blob", {})
+    if "during_blob_write" in during:
+        d, q = during["during_blob_write"], during["no_blob_in_progress"]
+        lines.append(
+            f"append during a 20 MB blob write: p99 {d['p99_ns'] / 1e3:.1f} us, p99.9"
+            f" {d['p99_9_ns'] / 1e3:.1f} us (none in progress: p99 {q['p99_ns'] / 1e3:.1f} us,"
+            f" p99.9 {q['p99_9_ns'] / 1e3:.1f} us) [{_met(during['met'])}]"
+        )
+    return lines
 
 
 def bench_main(args: argparse.Namespace) -> int:

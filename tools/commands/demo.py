@@ -86,7 +86,7 @@ def summary_rows(result: DemoResult) -> list[list[str]]:
         ["entries", f"{result.entries:,}  ({result.entries_per_s:,.0f} /s)"],
         ["market data observed", f"{cap.market_data:,}  ({cap.market_data / secs:,.0f} /s)"],
         ["marker records", f"{result.marker_records:,}"],
-        ["snapshot anchors", str(cap.anchors)],
+        ["snapshot anchors", _anchors(result)],
         [
             f"append latency (1 in {result.options.sample_every})",
             _percentiles(Percentiles.of(cap.append_ns), "us"),
@@ -103,6 +103,22 @@ def summary_rows(result: DemoResult) -> list[list[str]]:
         ["halted", cap.halted or "no"],
         ["other load", _load(cap.other_cores)],
     ]
+
+
+def _anchors(result: DemoResult) -> str:
+    records = result.anchor_records
+    durable = sum(r.state == "durable" for r in records)
+    raw, stored = result.blob_bytes
+    cost = Percentiles.of(result.capture.anchor_ns)
+    blobs = (
+        f"; blobs {format_ratio(result.blob_ratio)} ({human_bytes(raw)} -> {human_bytes(stored)})"
+        if stored
+        else ""
+    )
+    return (
+        f"{len(records)} ({durable} durable); anchor() p50 {_ms(cost.p50)}, max {_ms(cost.max)}"
+        + blobs
+    )
 
 
 def _load(cores: float | None) -> str:

@@ -42,6 +42,7 @@ from ringtape import (
     RegisteredComponents,
     RunIdentity,
 )
+from ringtape.capture.anchors import DURABLE, AnchorRecord
 from ringtape.capture.cache import ReferenceCache
 from ringtape.storage.check.verify import VerifyReport, verify_path
 from ringtape.storage.format.entry import Entry
@@ -100,6 +101,7 @@ class Capture:
     bus_messages: int = 0
     market_data: int = 0
     anchors: int = 0
+    anchor_ns: list[int] = field(default_factory=list)  # each anchor() call, on this thread
     append_ns: list[int] = field(default_factory=list)
     durable_lag_ns: list[int] = field(default_factory=list)
     not_durable_at_end: int = 0  # timed entries still not durable when the loop stopped
@@ -130,6 +132,7 @@ class DemoResult:
     verify_jobs: int
     replay_ok: bool
     replay_detail: str
+    anchor_records: list[AnchorRecord] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -138,6 +141,17 @@ class DemoResult:
     @property
     def compression_ratio(self) -> float | None:
         return self.raw_bytes / self.segment_bytes if self.segment_bytes else None
+
+    @property
+    def blob_bytes(self) -> tuple[int, int]:
+        """Snapshot bytes anchored and blob bytes written, over the anchors that completed."""
+        done = [r for r in self.anchor_records if r.state == DURABLE]
+        return sum(r.size for r in done), sum(r.stored_bytes for r in done)
+
+    @property
+    def blob_ratio(self) -> float | None:
+        raw, stored = self.blob_bytes
+        return raw / stored if stored else None
 
     @property
     def entries_per_s(self) -> float:
@@ -161,6 +175,14 @@ class DemoResult:
             "market_data_observed": cap.market_data,
             "marker_records": self.marker_records,
             "anchors": cap.anchors,
+            "anchor_states": {
+                state: sum(r.state == state for r in self.anchor_records)
+                for state in sorted({r.state for r in self.anchor_records})
+            },
+            "anchor_call_ns": Percentiles.of(cap.anchor_ns).__dict__,
+            "blob_raw_bytes": self.blob_bytes[0],
+            "blob_stored_bytes": self.blob_bytes[1],
+            "blob_ratio": None if self.blob_ratio is None else round(self.blob_ratio, 2),
             "append_latency_ns": Percentiles.of(cap.append_ns).__dict__,
             "append_sampled_one_in": self.options.sample_every,
             "durable_lag_ns": Percentiles.of(cap.durable_lag_ns).__dict__,
@@ -258,10 +280,10 @@ def capture_session(
                         _stamp(pending, durable, clock(), out.durable_lag_ns)
             now = clock()
             if anchor is not None and now >= next_anchor:
-                # The anchor waits for durability anyway; stamping first keeps the snapshot's
-                # time out of the lag figures.
-                _drain(pending, durable_seq, out.durable_lag_ns)
-                anchor(live.snapshot())  # no append between the snapshot and the anchor
+                snapshot = live.snapshot()  # no append between the snapshot and the anchor
+                t0 = clock()
+                anchor(snapshot)
+                out.anchor_ns.append(clock() - t0)
                 out.anchors += 1
                 next_anchor = now + interval
             if progress is not None:
@@ -397,4 +419,5 @@ def run_demo(options: DemoOptions, progress: ProgressFn | None = None) -> DemoRe
         verify_jobs=jobs,
         replay_ok=ok,
         replay_detail=detail,
+        anchor_records=store.anchors(),
     )
