@@ -71,7 +71,10 @@ class StreamTotals:
                 self.stopped = self.stopped or f"{path.name}: bad or torn segment header"
                 return
             pos = SEGMENT_HEADER_SIZE
-            while (step := next_frame(f, pos, skip_before=_HEADERS_ONLY)) is not None:
+            version = header.version
+            while (
+                step := next_frame(f, pos, skip_before=_HEADERS_ONLY, version=version)
+            ) is not None:
                 if isinstance(step, Torn | Broken):
                     what = "torn tail" if isinstance(step, Torn) else "damage"
                     if self.stopped is None:
