@@ -146,24 +146,51 @@ def seq_arg(text: str) -> int:
 
 DUMP_HELP: Final = "print a run's entries (or marker records) as JSON lines"
 DUMP_DESCRIPTION: Final = """\
-Print the entries of the run directory RUN as JSON lines, in seq order: seq, ts_init,
-ts_publish, topic, payload_type, correlation_id, causation_id, encoding and payload (the JSON
-value when the payload is UTF-8 JSON, else base64). Every frame is verified as it is read;
-the dump stops at the first damage with exit status 1.
+Print the entries of a run as JSON lines, in seq order: seq, ts_init, ts_publish, topic,
+payload_type, correlation_id, causation_id, encoding and payload (the JSON value, as recorded,
+when the payload is UTF-8 JSON, else base64). Every frame is verified as it is read; the dump
+stops at the first damage with exit status 1. RUN is a run directory, or a base directory
+followed by a run id or 'latest'.
 
 Times for --since/--until are ns since the UNIX epoch or ISO 8601 (UTC unless an offset is
-given); both bounds are inclusive and apply to ts_init.
+given); both bounds are inclusive and apply to ts_init. Frames whose headers show they hold
+no wanted entry are skipped unread. A progress bar is drawn on stderr when it is a terminal.
 exit status: 0, 1 when the dump stopped at damage, 2 when it could not run"""
 DUMP_EPILOG: Final = """\
 examples:
   ringtape dump RUN | head -5
+  ringtape dump ./ringtape-demo latest --topic 'ringtape.*'
   ringtape dump RUN --topic 'events.order.*' --from-seq 1000 --to-seq 2000
   ringtape dump RUN --since 2026-11-25T09:30:00Z --until 2026-11-25T09:31:00Z
   ringtape dump RUN --markers | jq 'select(.kind == "gap")'"""
 
 
+RUN_HELP: Final = "a run directory, or a base or instance directory followed by RUN_ID"
+RUN_ID_HELP: Final = "a run id, or 'latest' (the run that started last), when RUN is a base dir"
+
+
+def run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``RUN [RUN_ID]``: what every command that reads one run takes."""
+    parser.add_argument("run", metavar="RUN", help=RUN_HELP)
+    parser.add_argument("run_id", metavar="RUN_ID", nargs="?", help=RUN_ID_HELP)
+
+
+def topic_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--topic",
+        metavar="GLOB",
+        action="append",
+        help="only topics matching GLOB (fnmatch: *, ?, [..]); repeat for several",
+    )
+
+
+def time_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", type=parse_time, metavar="TIME", help="ts_init >= TIME")
+    parser.add_argument("--until", type=parse_time, metavar="TIME", help="ts_init <= TIME")
+
+
 def dump_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="a run directory")
+    run_arguments(parser)
     parser.add_argument(
         "--from-seq",
         type=seq_arg,
@@ -172,11 +199,8 @@ def dump_arguments(parser: argparse.ArgumentParser) -> None:
         help="first seq (default: the first one the run still holds)",
     )
     parser.add_argument("--to-seq", type=seq_arg, metavar="SEQ", help="last seq (inclusive)")
-    parser.add_argument(
-        "--topic", metavar="GLOB", help="only topics matching GLOB (fnmatch: *, ?, [..])"
-    )
-    parser.add_argument("--since", type=parse_time, metavar="TIME", help="ts_init >= TIME")
-    parser.add_argument("--until", type=parse_time, metavar="TIME", help="ts_init <= TIME")
+    topic_argument(parser)
+    time_arguments(parser)
     parser.add_argument(
         "--markers",
         action="store_true",

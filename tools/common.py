@@ -73,6 +73,18 @@ def check_path(text: str, *, want_dir: bool = False) -> Path:
     return path
 
 
+def run_dir_arg(path_text: str, run: str | None = None) -> Path:
+    """The run directory a reading command works on: a run directory, or a base (or instance)
+    directory and a run id or ``latest`` (``storage/read/run.py``'s rules)."""
+    from ringtape.storage.read.run import RunNotFound, resolve_run
+
+    check_path(path_text, want_dir=True)
+    try:
+        return resolve_run(path_text, run)
+    except RunNotFound as exc:
+        raise CliError(str(exc)) from None
+
+
 def segment_bytes(path: Path) -> int:
     """Bytes of the segment files under ``path`` (what ``verify_path(path)`` reads)."""
     runs, loose, _ = find_runs(path)

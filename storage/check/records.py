@@ -164,6 +164,18 @@ class RecordBatch:
             )
         return out
 
+    @property
+    def buffer(self) -> npt.NDArray[np.uint8]:
+        """The packed bodies (with :data:`PAD` spare bytes); valid until ``clear``."""
+        return self._buf[: self._used + PAD]
+
+    def good_records(self, n: int) -> npt.NDArray[np.int64]:
+        """After ``check``: where each record of the first ``n`` queued frames starts in
+        :attr:`buffer`, in seq order."""
+        if n == 0:
+            return self._records[:0]
+        return self._records[: int(self._firsts[n - 1] + self._counts[n - 1])]
+
     def record_offsets(self, j: int) -> npt.NDArray[np.int64]:
         """Where each record of queued frame ``j`` starts in its body, after ``check``."""
         lo = self._firsts[j]
