@@ -155,6 +155,7 @@ def iter_columns(
     strict: bool | None = None,
     own: bool = False,
     progress: Progress | None = None,
+    from_segment: bool = False,
 ) -> Iterator[Columns]:
     """The wanted entries of a run's stream, a batch of frames at a time, in seq order.
 
@@ -172,6 +173,7 @@ def iter_columns(
         strict=strict,
         wanted=wanted,
         progress=progress,
+        from_segment=from_segment,
     ):
         cols = select(
             columns_of(batch.buffer, batch.good_records(n), own=own),

@@ -314,6 +314,32 @@ def _open_stream(
     return reader, list_segments(run_dir, stream)
 
 
+def segment_first_seq(path: Path) -> int | None:
+    try:
+        with SegmentFile.open(path) as f:
+            header = read_segment_header(f)
+    except OSError:
+        return None
+    return None if isinstance(header, Torn | Broken) else header.first_seq
+
+
+def skip_segments(reader: _StreamReader, segments: list[Path]) -> list[Path]:
+    """The segments from the last one that starts at or before ``reader.from_seq``: those
+    before it hold only unwanted seqs and are not read at all (not even their frame headers),
+    so the chain is checked from the first segment read (as after retention)."""
+    start = 0
+    for i in range(len(segments) - 1, 0, -1):
+        first = segment_first_seq(segments[i])
+        if first is not None and first <= reader.from_seq:
+            start = i
+            break
+    if start:
+        m = SEGMENT_RE.match(segments[start].name)
+        reader.link = reader.next_seq = None
+        reader.index = int(m.group(2)) if m else None
+    return segments[start:]
+
+
 def _walk_stream(
     reader: _StreamReader, segments: list[Path], to_seq: int | None
 ) -> Iterator[tuple[str, int]]:
@@ -361,11 +387,15 @@ def iter_batches(
     strict: bool | None = None,
     wanted: FrameFilter | None = None,
     progress: Progress | None = None,
+    from_segment: bool = False,
 ) -> Iterator[tuple[RecordBatch, int]]:
     """Like :func:`iter_frames`, many frames at a time, for columnar readers: ``(batch, n)``
     where the first ``n`` frames queued in ``batch`` are checked and good. The batch (its
-    buffer, record offsets and headers) is valid only until the next item is asked for."""
+    buffer, record offsets and headers) is valid only until the next item is asked for.
+    ``from_segment``: segments wholly before ``from_seq`` are not read (:func:`skip_segments`)."""
     reader, segments = _open_stream(run_dir, stream, from_seq, to_seq, strict, wanted, progress)
+    if from_segment:
+        segments = skip_segments(reader, segments)
     for _, n in _walk_stream(reader, segments, to_seq):
         yield reader.batch, n
 
