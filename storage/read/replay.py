@@ -80,16 +80,20 @@ def anchor_problem(run_dir: Path, anchor: Anchor, previous: int, high_watermark:
     return None
 
 
-def newest_valid_anchor(run_dir: Path, high_watermark: int) -> tuple[Anchor | None, list[str]]:
-    """The anchor replay starts from, and why newer ones were skipped."""
+def newest_valid_anchor(
+    run_dir: Path, high_watermark: int, upto: int | None = None
+) -> tuple[Anchor | None, list[str]]:
+    """The anchor replay starts from (the newest valid one whose watermark is at most ``upto``),
+    and why newer ones were skipped."""
     best: Anchor | None = None
     problems: list[str] = []
     previous = 0
     for anchor in iter_anchors(run_dir):
         problem = anchor_problem(run_dir, anchor, previous, high_watermark)
         if problem is None:
-            best = anchor
             previous = anchor.high_watermark
+            if upto is None or anchor.high_watermark <= upto:
+                best = anchor
         else:
             problems.append(problem)
     return best, problems
@@ -107,10 +111,15 @@ def open_source(run_dir: Path) -> int:
     return manifest.high_watermark
 
 
-def replay_run(run_dir: Path, cache: ReplayTarget) -> ReplayResult:
-    """Restore ``cache`` to the state at the end of the sealed run in ``run_dir``."""
-    high_watermark = open_source(run_dir)
-    anchor, skipped = newest_valid_anchor(run_dir, high_watermark)
+def replay_run(run_dir: Path, cache: ReplayTarget, to_seq: int | None = None) -> ReplayResult:
+    """Restore ``cache`` to the state at the end of the sealed run in ``run_dir``, or as of
+    entry ``to_seq`` (the newest valid anchor at or before it, then the entries up to it)."""
+    run_end = high_watermark = open_source(run_dir)
+    if to_seq is not None:
+        if to_seq > run_end:
+            raise ReplaySourceError(f"replay to seq {to_seq}: {run_dir.name} ends at seq {run_end}")
+        high_watermark = to_seq
+    anchor, skipped = newest_valid_anchor(run_dir, run_end, high_watermark)
     start = 1
     if anchor is not None:
         cache.restore(read_blob(run_dir, anchor))
