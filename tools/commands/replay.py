@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     elapsed = time.perf_counter() - started
     anchor = result.anchor
-    report = {
+    report: dict[str, Any] = {
         "run_id": result.run_id,
         "to_seq": result.high_watermark,
         "anchor": None
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if anchor is None
         else (f"the anchor at seq {anchor.seq} (state as of seq {anchor.high_watermark})")
     )
-    c = report["cache"]
+    c = summary(cache)
     print(f"replayed {result.run_id} to seq {result.high_watermark} in {elapsed:.2f} s")
     print(f"  from {start}, then {result.applied:,} entries")
     last = ", ".join(f"{n:,} {k}" for k, n in c["orders_by_last_event"].items())
