@@ -144,3 +144,26 @@ def test_marker_frames_carry_an_index_too(tmp_path: Path) -> None:
     write_stream(paths.run_dir, paths.run_id, recs, per_frame=5, stream="markers")
     scan = scan_segment(paths.run_dir / "markers-000000.seg")
     assert [h.bounds.ts_min for _, h in scan.frames] == [TS0 + 1, TS0 + 6, TS0 + 11, TS0 + 16]
+
+
+@pytest.mark.parametrize(("version", "tail", "kind"), [
+    (1, b"RTFR", Kind.TORN_TAIL),
+    (2, b"RTF2", Kind.TORN_TAIL),
+    (2, b"RTFR", Kind.BAD_HEADER),  # a version 2 writer never starts a version 1 frame
+])  # fmt: skip
+def test_a_torn_tail_is_judged_by_the_segment_version(
+    tmp_path: Path, version: int, tail: bytes, kind: Kind
+) -> None:
+    paths = RunPaths(tmp_path, INSTANCE, f"{TS0}-{uuid.uuid4().hex[:8]}")
+    paths.create()
+    writer = SegmentWriter(
+        paths.run_dir, paths.run_id, "events", STREAM_EVENTS, format_version=version
+    )
+    entries, offsets = encoded(["a.b", "a.c"], [1, 2])
+    writer.append(entries, offsets, 1)
+    writer.close()
+    seg = paths.run_dir / "events-000000.seg"
+    with seg.open("ab") as f:
+        f.write(tail + bytes(30))
+    (finding,) = scan_segment(seg).findings
+    assert finding.kind is kind
