@@ -193,8 +193,10 @@ def frame_header_size(data: bytes | memoryview, offset: int = 0) -> int:
 def decode_frame_header(data: bytes | memoryview, offset: int = 0) -> FrameHeader:
     """Parse and check the frame header at ``offset`` (bounds included); its magic says its
     version (``RTFR`` 1, ``RTF2`` 2)."""
-    size = frame_header_size(data, offset)
-    layout = FRAME_HEADER if size == FRAME_HEADER_SIZE else FRAME_HEADER_V1
+    if data[offset : offset + 4] == FRAME_MAGIC:
+        size, layout = FRAME_HEADER_SIZE, FRAME_HEADER
+    else:
+        size, layout = FRAME_HEADER_SIZE_V1, FRAME_HEADER_V1
     if offset < 0 or len(data) - offset < size:
         raise FormatError("frame header is cut short")
     view = memoryview(data)[offset : offset + layout.size]
@@ -220,9 +222,10 @@ def decode_frame_header(data: bytes | memoryview, offset: int = 0) -> FrameHeade
         raise FormatError(f"first seq {first_seq} out of range")
     index = UNKNOWN
     if size == FRAME_HEADER_SIZE:
-        index = FrameIndex(*fields[11:])
-        if index.ts_min > index.ts_max or index.topic_min > index.topic_max:
-            raise FormatError(f"index bounds out of order: {tuple(index)}")
+        ts_min, ts_max, topic_min, topic_max = fields[11:]
+        if ts_min > ts_max or topic_min > topic_max:
+            raise FormatError(f"index bounds out of order: {fields[11:]}")
+        index = FrameIndex(ts_min, ts_max, topic_min, topic_max)
     return FrameHeader(
         codec, count, raw_len, stored_len, first_seq, prev, data_sum, actual, index, size
     )

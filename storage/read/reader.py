@@ -42,7 +42,7 @@ from ringtape.storage.run.layout import SEGMENT_RE, is_run_id, list_segments
 from ringtape.storage.run.manifest import Manifest, ManifestError, read_manifest
 from ringtape.storage.run.status import RunStatus
 from ringtape.storage.segment.file import SegmentFile
-from ringtape.storage.segment.walk import Broken, Torn, next_frame, read_segment_header
+from ringtape.storage.segment.walk import Broken, FrameAt, Torn, next_frame, read_segment_header
 
 PROGRESS_STEP: Final = 4 << 20
 # Called with the number of segment bytes walked since the last call.
@@ -242,23 +242,27 @@ class _StreamReader:
             pos = SEGMENT_HEADER_SIZE
             version = header.version
             skip = self.skip
+            from_seq = self.from_seq
+            tracking = self.progress is not None
             while (
-                step := next_frame(f, pos, skip_before=self.from_seq, version=version, skip=skip)
+                step := next_frame(f, pos, skip_before=from_seq, version=version, skip=skip)
             ) is not None:
-                if isinstance(step, Torn):
-                    if last and self.tolerant:
-                        return
-                    h = step.header
-                    lo, hi = (None, None) if h is None else (h.first_seq, h.last_seq)
-                    fail(Kind.TORN_TAIL, pos, lo, hi, f"torn tail: {step.detail}")
-                if isinstance(step, Broken):
+                if not isinstance(step, FrameAt):
+                    if isinstance(step, Torn):
+                        if last and self.tolerant:
+                            return
+                        h = step.header
+                        lo, hi = (None, None) if h is None else (h.first_seq, h.last_seq)
+                        fail(Kind.TORN_TAIL, pos, lo, hi, f"torn tail: {step.detail}")
                     fail(Kind.BAD_HEADER, pos, self.next_seq, None, step.detail)
                 h = step.header
-                self.check_link(where, pos, h.prev_checksum, h.first_seq, h.last_seq)
+                if h.prev_checksum != self.link or h.first_seq != self.next_seq:
+                    self.check_link(where, pos, h.prev_checksum, h.first_seq, h.last_seq)
                 self.link, self.next_seq = h.checksum, h.last_seq + 1
                 pos += h.size
-                self._advance(h.size)
-                if h.last_seq < self.from_seq or (skip is not None and skip(h)):
+                if tracking:
+                    self._advance(h.size)
+                if h.last_seq < from_seq or (skip is not None and skip(h)):
                     if to_seq is not None and h.last_seq >= to_seq:
                         return
                     continue

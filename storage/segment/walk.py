@@ -78,6 +78,8 @@ def _plausible_prefix(data: bytes | memoryview, magic: bytes, zero_spans: Sequen
 # (the same in both versions).
 _FRAME_ZERO_FIELDS: Final = (slice(5, 8), slice(20, 24))
 
+_V2_MAGICS: Final = (FRAME_MAGIC,)
+
 # Whether a reader can do without a frame's stored bytes, from its header alone.
 SkipFrame = Callable[[FrameHeader], bool]
 
@@ -123,7 +125,10 @@ def next_frame(
     if rest <= 0:
         return None
     view = f.read(pos, MAX_FRAME_HEADER_SIZE)
-    size, magics = _expected_layout(view, version)
+    if version == 2:
+        size, magics = MAX_FRAME_HEADER_SIZE, _V2_MAGICS
+    else:
+        size, magics = _expected_layout(view, version)
     header: FrameHeader | None = None
     reason = f"only {len(view)} bytes left for a frame header"
     if len(view) >= size:
