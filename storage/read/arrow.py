@@ -238,20 +238,54 @@ def marker_schema() -> pa.Schema:
 
 def markers_table(run_dir: Path) -> Any:
     """A run's data-marker records as a ``pyarrow.Table`` (:func:`marker_schema`); damage in
-    the stream raises ``CorruptionError``, a record that does not decode ``MarkerFormatError``."""
-    from ringtape.storage.format.markers import StreamDef
-    from ringtape.storage.read.markers import iter_markers, record_to_dict
+    the stream raises ``CorruptionError``, a record that does not decode ``MarkerFormatError``.
+    Stream slots are resolved to class and instrument through the stream's definitions."""
+    from ringtape.storage.format.markers import (
+        SNAPSHOT_REASONS,
+        CursorSnapshot,
+        HiFiMarker,
+        MarkerGap,
+        StreamDef,
+    )
+    from ringtape.storage.read.markers import iter_markers
 
     pa = _pa()
     schema = marker_schema()
-    names = set(schema.names)
+    cols: dict[str, list[Any]] = {name: [] for name in schema.names}
     streams: dict[int, StreamDef] = {}
-    rows = []
+    blank = {name: None for name in schema.names}
+
+    def add(**row: Any) -> None:
+        full = blank | row
+        for name, values in cols.items():
+            values.append(full[name])
+
+    def where(slot: int) -> tuple[str | None, str | None]:
+        d = streams.get(slot)
+        return (None, None) if d is None else (d.data_class, d.instrument_id)
+
     for rec in iter_markers(run_dir, strict=True):
+        head = {"marker_seq": rec.marker_seq, "ts_init": rec.ts_init}
         if isinstance(rec, StreamDef):
             streams[rec.stream] = rec
-        row = record_to_dict(rec, streams)
-        if row["kind"] == "gap":
-            row["gap_from"], row["gap_to"] = row.pop("from"), row.pop("to")
-        rows.append({k: v for k, v in row.items() if k in names})
-    return pa.Table.from_pylist(rows, schema=schema)
+            add(**head, kind="stream", stream=rec.stream, high_fidelity=rec.high_fidelity,
+                **{"class": rec.data_class, "instrument": rec.instrument_id})  # fmt: skip
+        elif isinstance(rec, CursorSnapshot):
+            cursors = []
+            for slot, c in rec.cursors:
+                cls, inst = where(slot)
+                cursors.append({"stream": slot, "class": cls, "instrument": inst,
+                                "count": c.count, "ts_init_hi": c.ts_init_hi,
+                                "ordinal": c.ordinal})  # fmt: skip
+            add(**head, kind="cursor", obs=rec.obs, event_seq_before=rec.event_seq_before,
+                reason=SNAPSHOT_REASONS[rec.reason], cursors=cursors)  # fmt: skip
+        elif isinstance(rec, HiFiMarker):
+            cls, inst = where(rec.stream)
+            add(**head, kind="hifi", obs=rec.obs, event_seq_before=rec.event_seq_before,
+                stream=rec.stream, ts_event=rec.ts_event, ordinal=rec.ordinal,
+                fingerprint=f"{rec.fingerprint:016x}", **{"class": cls, "instrument": inst})  # fmt: skip
+        elif isinstance(rec, MarkerGap):
+            add(**head, kind="gap", gap_from=rec.obs_from, gap_to=rec.obs_to,
+                reason=rec.reason, event_seq_before=rec.event_seq_before)  # fmt: skip
+    arrays = [pa.array(cols[f.name], f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
