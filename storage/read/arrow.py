@@ -283,7 +283,8 @@ def markers_table(run_dir: Path) -> Any:
             cls, inst = where(rec.stream)
             add(**head, kind="hifi", obs=rec.obs, event_seq_before=rec.event_seq_before,
                 stream=rec.stream, ts_event=rec.ts_event, ordinal=rec.ordinal,
-                fingerprint=f"{rec.fingerprint:016x}", **{"class": cls, "instrument": inst})  # fmt: skip
+                fingerprint=f"{rec.fingerprint:016x}",
+                **{"class": cls, "instrument": inst})  # fmt: skip
         elif isinstance(rec, MarkerGap):
             add(**head, kind="gap", gap_from=rec.obs_from, gap_to=rec.obs_to,
                 reason=rec.reason, event_seq_before=rec.event_seq_before)  # fmt: skip

@@ -78,7 +78,7 @@ def _plausible_prefix(data: bytes | memoryview, magic: bytes, zero_spans: Sequen
 # (the same in both versions).
 _FRAME_ZERO_FIELDS: Final = (slice(5, 8), slice(20, 24))
 
-_V2_MAGICS: Final = (FRAME_MAGIC,)
+_V2_MAGICS: Final[tuple[bytes, ...]] = (FRAME_MAGIC,)
 
 # Whether a reader can do without a frame's stored bytes, from its header alone.
 SkipFrame = Callable[[FrameHeader], bool]
