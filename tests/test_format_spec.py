@@ -148,8 +148,9 @@ def spec_read(data: bytes) -> list[tuple[int, int, str, bytes, bytes | None]]:
             body = stored
         end = raw_len - 4 * count
         offsets = struct.unpack_from(f"<{count}I", body, end)
-        frame = []
+        frame, keys = [], []
         for i, off in enumerate(offsets):
+            keys.append(int.from_bytes(body[off + 40 : off + 48].ljust(8, b"\0"), "big"))
             rec_len, plen, tlen, ptlen, flags = struct.unpack_from("<IIHHB", body, off)
             seq, ts_init, _ = struct.unpack_from("<QQQ", body, off + 16)
             assert seq == first_seq + i and off + rec_len == (
@@ -166,9 +167,6 @@ def spec_read(data: bytes) -> list[tuple[int, int, str, bytes, bytes | None]]:
             frame.append((seq, ts_init, topic, body[q : q + plen], corr))
         if version == 2:
             ts_min, ts_max, topic_min, topic_max = struct.unpack_from("<QQQQ", h, 48)
-            keys = [
-                int.from_bytes(t.encode()[:8].ljust(8, b"\0"), "big") for _, _, t, _, _ in frame
-            ]
             stamps = [ts for _, ts, _, _, _ in frame]
             assert (ts_min, ts_max, topic_min, topic_max) == (
                 min(stamps),

@@ -9,9 +9,12 @@ record by record), but a frame they rule out never holds one.
 
 Rules of this module:
 
-1. The topic key of a record is its topic's first ``min(len, 8)`` bytes, zero-padded to eight,
-   read as a *big-endian* u64: keys order like the topics themselves, byte by byte, so every
-   topic that starts with a given prefix has a key in one interval (:func:`prefix_interval`).
+1. The topic key of a record is the eight bytes at offset 40 of the record, read as a
+   *big-endian* u64: the topic's first eight bytes, or for a shorter topic the topic and then
+   whatever follows it in the frame body (zero bytes past the body's end). Keys order like the
+   topics themselves, byte by byte, so every topic that starts with a given prefix has a key in
+   one interval (:func:`prefix_interval`), whatever follows a short topic. Not masking the
+   bytes after a short topic saves the writer the work of reading each topic's length.
 2. The writer computes the index with one gather over the record offsets and a few numpy
    reductions per frame (no loop per record: the writer's CPU per entry is what a live trader
    pays); verification recomputes it for many frames at once and reports any difference.
@@ -32,18 +35,15 @@ TS_MAX: Final = (1 << 64) - 1
 KEY_MAX: Final = (1 << 64) - 1
 KEY_BYTES: Final = 8
 
-_TOPIC_LEN_AT: Final = 8  # u16 topic_len in an entry header
 _TS_INIT_AT: Final = 24
 _TOPIC_AT: Final = 40
-# Columns gathered per record: the u64s at +8 (topic_len in its low 16 bits), +24 (ts_init) and
-# +40 (the topic's first bytes).
-_COLUMNS: Final = np.array([_TOPIC_LEN_AT, _TS_INIT_AT, _TOPIC_AT], np.int64)
+# Columns gathered per record: the u64s at +24 (ts_init) and +40 (the topic's first bytes).
+_COLUMNS: Final = np.array([[_TS_INIT_AT], [_TOPIC_AT]], np.int64)
 PAD: Final = _TOPIC_AT + KEY_BYTES
 # _KEEP[n]: the big-endian mask keeping the first n of 8 bytes.
 _KEEP: Final = np.array(
     [((1 << (8 * n)) - 1) << (8 * (8 - n)) for n in range(KEY_BYTES + 1)], np.uint64
 )
-_M16: Final = np.uint64(0xFFFF)
 _WILDCARDS: Final = "*?["
 
 
@@ -64,9 +64,10 @@ class FrameIndex(NamedTuple):
 UNKNOWN: Final = FrameIndex.unknown()
 
 
-def topic_key(topic: bytes) -> int:
-    """The key of one topic (rule 1)."""
-    return int.from_bytes(topic[:KEY_BYTES].ljust(KEY_BYTES, b"\0"), "big")
+def record_key(body: bytes, offset: int) -> int:
+    """The topic key of the record at ``offset`` of a frame body (rule 1), one at a time."""
+    at = offset + _TOPIC_AT
+    return int.from_bytes(body[at : at + KEY_BYTES].ljust(KEY_BYTES, b"\0"), "big")
 
 
 def prefix_interval(prefix: bytes) -> tuple[int, int]:
@@ -99,42 +100,48 @@ class TopicQuery:
         return any(lo <= index.topic_max and hi >= index.topic_min for lo, hi in self._spans)
 
 
-def _columns(
-    buf: npt.NDArray[np.uint8], records: npt.NDArray[np.int64]
-) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-    """``ts_init`` and the topic key of every record at ``records`` (``buf`` must hold
-    :data:`PAD` bytes from each record's start)."""
+def _columns(buf: npt.NDArray[np.uint8], records: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+    """``(2, n)``: the ``ts_init`` and the topic key of every record at ``records`` (``buf``
+    must hold :data:`PAD` bytes from each record's start); one gather, rows contiguous so that
+    each reduction runs along memory."""
     words = np.ndarray((len(buf) - 7,), "<u8", buf, 0, (1,))
-    rows = words[records[:, None] + _COLUMNS]
-    keep = _KEEP[np.minimum(rows[:, 0] & _M16, KEY_BYTES).astype(np.intp)]
-    keys: npt.NDArray[np.uint64] = rows[:, 2].byteswap() & keep
-    ts: npt.NDArray[np.uint64] = rows[:, 1]
-    return ts, keys
+    rows: npt.NDArray[np.uint64] = words[records[None, :] + _COLUMNS]
+    rows[1].byteswap(inplace=True)
+    return rows
 
 
 def frame_index(body: bytes | bytearray | memoryview, offsets: npt.NDArray[np.int64]) -> FrameIndex:
-    """The index of one frame: ``body`` holds its records from offset 0 (a frame body, or just
-    its records), ``offsets`` where each starts (at least one)."""
-    if int(offsets[-1]) + PAD > len(body):  # a tiny last record: read zeros past its end
+    """The index of one frame: ``body`` is its body (records then offset table), ``offsets``
+    where each record starts (at least one)."""
+    if int(offsets[-1]) + PAD > len(body):  # a tiny last record: read zeros past the end
         body = bytes(body) + bytes(PAD)
-    buf = np.frombuffer(body, dtype=np.uint8)
-    ts, keys = _columns(buf, offsets)
-    return FrameIndex(int(ts.min()), int(ts.max()), int(keys.min()), int(keys.max()))
+    rows = _columns(np.frombuffer(body, dtype=np.uint8), offsets)
+    lo, hi = rows.min(axis=1).tolist(), rows.max(axis=1).tolist()
+    return FrameIndex(lo[0], hi[0], lo[1], hi[1])
 
 
 def batch_indexes(
-    buf: npt.NDArray[np.uint8], records: npt.NDArray[np.int64], firsts: npt.NDArray[np.int64]
+    buf: npt.NDArray[np.uint8],
+    records: npt.NDArray[np.int64],
+    firsts: npt.NDArray[np.int64],
+    ends: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.uint64]:
     """The index of many frames at once, as an ``(frames, 4)`` array: run ``j`` of records
-    starts at ``records[firsts[j]]`` (every run non-empty). ``buf`` must hold :data:`PAD`
+    starts at ``records[firsts[j]]`` (every run non-empty) and its body ends at ``ends[j]`` in
+    ``buf`` (bytes past it read as zero, as the writer saw them). ``buf`` must hold :data:`PAD`
     bytes after every record's start (pad it)."""
-    ts, keys = _columns(buf, records)
+    rows = _columns(buf, records)
+    counts = np.diff(np.append(firsts, len(records)))
+    over = records + _TOPIC_AT + KEY_BYTES - np.repeat(ends, counts)
+    late = np.flatnonzero(over > 0)
+    if late.size:  # keys that ran past their body's end: keep only the bytes inside it
+        rows[1, late] &= _KEEP[KEY_BYTES - np.minimum(over[late], KEY_BYTES)]
     return np.stack(
         (
-            np.minimum.reduceat(ts, firsts),
-            np.maximum.reduceat(ts, firsts),
-            np.minimum.reduceat(keys, firsts),
-            np.maximum.reduceat(keys, firsts),
+            np.minimum.reduceat(rows[0], firsts),
+            np.maximum.reduceat(rows[0], firsts),
+            np.minimum.reduceat(rows[1], firsts),
+            np.maximum.reduceat(rows[1], firsts),
         ),
         axis=1,
     )

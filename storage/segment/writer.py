@@ -22,7 +22,7 @@ from ringtape.storage.format.frame import (
     build_body,
     encode_segment_header,
 )
-from ringtape.storage.format.frame_index import UNKNOWN, frame_index
+from ringtape.storage.format.frame_index import UNKNOWN, FrameIndex, frame_index
 from ringtape.storage.run.layout import create_private_file, fsync_dir, segment_name
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -113,15 +113,23 @@ class SegmentWriter:
         entries: bytes | bytearray | memoryview,
         offsets: npt.NDArray[np.int64],
         first_seq: int,
+        index: FrameIndex | None = None,
     ) -> int:
         """Compress and append one frame; returns its size. Frames are buffered and written
         together by ``flush()`` (one system call for a group); nothing is durable until sync().
+
+        ``index`` (the frame's ``ts_init`` and topic key bounds) is computed here when not
+        given; a caller that has already gathered the record headers of a whole batch may pass
+        it (``frame_index.batch_indexes`` gives it for many frames at once).
         """
         if self._fd < 0 or self._size >= self._max:
             self.flush()
             self._open_next(first_seq)
         body = build_body(entries, offsets)
-        index = frame_index(body, offsets) if self._version > 1 else UNKNOWN
+        if self._version == 1:
+            index = UNKNOWN
+        elif index is None:
+            index = frame_index(body, offsets)
         frame, self._link = self._encoder.encode(body, len(offsets), first_seq, self._link, index)
         self._pending.append(frame)
         self._pending_bytes += len(frame)
