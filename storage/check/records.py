@@ -146,7 +146,9 @@ class RecordBatch:
         if all(h.version == 1 for h in self.headers):
             return {}
         safe = np.minimum(records, self._used)  # a bad frame's offsets may point anywhere
-        ends = np.array(self._bases, np.int64) + [h.raw_len for h in self.headers]
+        ends = np.array(self._bases, np.int64) + np.array(
+            [h.raw_len for h in self.headers], np.int64
+        )
         found = batch_indexes(self._buf[: self._used + PAD], safe, firsts, ends)
         said = np.array([tuple(h.bounds) for h in self.headers], np.uint64).reshape(-1, 4)
         bad = (
