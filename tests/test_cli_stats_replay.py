@@ -90,3 +90,27 @@ def test_replay_refuses_a_running_run(tmp_path: Path) -> None:
     run = make_run(tmp_path, 10, status=RunStatus.RUNNING)
     proc = ringtape("replay", run)
     assert proc.returncode == 2 and "running" in proc.stderr
+
+
+def test_reading_commands_ignore_files_ringtape_did_not_write(tmp_path: Path) -> None:
+    """A stray notes.txt, a FIFO and a directory in a run: every reading command still reads
+    the run (whether they are findings is verify's business)."""
+    import os
+
+    run = make_run(tmp_path / "base", 40, markers=5)
+    (run / "notes.txt").write_text("looked at this run\n")
+    (run / "events-000099.seg.bak").write_bytes(b"junk")
+    (run / "scratch").mkdir()
+    os.mkfifo(run / "pipe")
+    base = tmp_path / "base"
+    dumped = ringtape("dump", base, "latest")
+    assert dumped.returncode == 0 and len(dumped.stdout.splitlines()) == 40
+    for args in (
+        ("tail", base, "latest", "--lines", "3"),
+        ("stats", run, "--json"),
+        ("replay", run),
+        ("export", base, "--out", tmp_path / "out"),
+        ("inspect", base),
+    ):
+        proc = ringtape(*args, timeout=60)
+        assert proc.returncode == 0, (args, proc.stderr)
