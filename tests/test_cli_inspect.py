@@ -57,7 +57,9 @@ def test_inspect_table_and_json(tmp_path: Path) -> None:
     table = ringtape("inspect", tmp_path / INSTANCE)
     assert table.returncode == 0
     lines = table.stdout.splitlines()
-    assert lines[0].split()[:3] == ["RUN", "PARENT", "STATUS"]
+    assert lines[0].split()[:4] == ["RUN", "INSTANCE", "PARENT", "STATUS"]
+    assert lines[0].split()[-1] == "PATH" and all(INSTANCE in ln for ln in lines[1:3])
+    assert any(ln.endswith(str(old)) for ln in lines)
     assert any(old.name in ln and "ended" in ln and "120" in ln for ln in lines)
     assert any(ln.startswith(new.name) and old.name in ln for ln in lines)
     lock = WriterLock.acquire(new)
@@ -78,7 +80,14 @@ def test_inspect_a_damaged_run_and_a_bad_path(tmp_path: Path) -> None:
         lock.release()
     assert row["note"] is None and row["live"] is True
     assert ringtape("inspect", tmp_path / "nope").returncode == 2
-    assert ringtape("inspect", tmp_path / INSTANCE / run.name / "manifest.json").returncode == 0
+    # A file that is not a run nor a segment is said to be so, not shown as a row of "?".
+    manifest = ringtape("inspect", tmp_path / INSTANCE / run.name / "manifest.json")
+    assert manifest.returncode == 2 and manifest.stdout == ""
+    assert "not a ringtape segment" in manifest.stderr
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a note\n")
+    verify = ringtape("verify", notes)
+    assert verify.returncode == 2 and "notes.txt: not a ringtape segment" in verify.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = ringtape("inspect", empty)

@@ -34,6 +34,7 @@ from ringtape.capture.store import EventStore
 from ringtape.storage.check.markers import check_marker_stream
 from ringtape.storage.check.verify import verify_path
 from ringtape.storage.format.entry import TOPIC_RUN_ENDED
+from ringtape.storage.format.frame import FRAME_MAGIC
 from ringtape.storage.format.markers import (
     GAP_OVERFLOW,
     GAP_WRITER_CLOSED,
@@ -416,7 +417,7 @@ def test_recovery_cuts_a_torn_marker_tail(tmp_path: Path) -> None:
     (segment,) = run_dir.glob("markers-*.seg")
     size = segment.stat().st_size
     with segment.open("ab") as f:
-        f.write(b"RTFR" + bytes(30))  # an append cut short by the crash
+        f.write(FRAME_MAGIC + bytes(30))  # an append cut short by the crash
     plan = recover_run(run_dir)
     assert plan.status is RunStatus.CRASHED_RECOVERED
     assert segment.stat().st_size == size

@@ -35,7 +35,7 @@ def test_frames_before_from_seq_are_not_read(tmp_path: Path) -> None:
     first = run / "events-000000.seg"
     off, header = scan_segment(first).frames[1]
     data = bytearray(first.read_bytes())
-    data[off + 60] ^= 0xFF  # stored bytes of the second frame (seq 5..8)
+    data[off + header.header_size + 4] ^= 0xFF  # stored bytes of the second frame (seq 5..8)
     first.write_bytes(data)
     assert [e.seq for e in iter_entries(run, from_seq=header.last_seq + 1, to_seq=20)] == list(
         range(header.last_seq + 1, 21)

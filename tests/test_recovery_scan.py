@@ -101,9 +101,9 @@ def test_a_torn_tail_is_cut_after_its_bytes_are_kept(tmp_path: Path) -> None:
 
 def flip_stored(run: Path) -> None:
     seg = run / "events-000000.seg"
-    off, _ = scan_segment(seg).frames[2]
+    off, header = scan_segment(seg).frames[2]
     data = bytearray(seg.read_bytes())
-    data[off + 60] ^= 1
+    data[off + header.header_size + 4] ^= 1  # a stored byte
     seg.write_bytes(data)
 
 
@@ -174,9 +174,9 @@ def test_damage_before_the_tail_quarantines_and_cuts_nothing(
 def test_marker_damage_is_recorded_and_its_tail_cut_without_quarantine(tmp_path: Path) -> None:
     run = make_run(tmp_path, 30, status=RUNNING, ended=True, markers=40)
     markers = run / "markers-000000.seg"
-    off, _ = scan_segment(markers).frames[1]
+    off, header = scan_segment(markers).frames[1]
     data = bytearray(markers.read_bytes())
-    data[off + 60] ^= 1
+    data[off + header.header_size + 4] ^= 1  # a stored byte
     markers.write_bytes(data[:-2])
     plan = recover_run(run)
     assert plan.status is RunStatus.ENDED

@@ -146,24 +146,51 @@ def seq_arg(text: str) -> int:
 
 DUMP_HELP: Final = "print a run's entries (or marker records) as JSON lines"
 DUMP_DESCRIPTION: Final = """\
-Print the entries of the run directory RUN as JSON lines, in seq order: seq, ts_init,
-ts_publish, topic, payload_type, correlation_id, causation_id, encoding and payload (the JSON
-value when the payload is UTF-8 JSON, else base64). Every frame is verified as it is read;
-the dump stops at the first damage with exit status 1.
+Print the entries of a run as JSON lines, in seq order: seq, ts_init, ts_publish, topic,
+payload_type, correlation_id, causation_id, encoding and payload (the JSON value, as recorded,
+when the payload is UTF-8 JSON, else base64). Every frame is verified as it is read; the dump
+stops at the first damage with exit status 1. RUN is a run directory, or a base directory
+followed by a run id or 'latest'.
 
 Times for --since/--until are ns since the UNIX epoch or ISO 8601 (UTC unless an offset is
-given); both bounds are inclusive and apply to ts_init.
+given); both bounds are inclusive and apply to ts_init. Frames whose headers show they hold
+no wanted entry are skipped unread. A progress bar is drawn on stderr when it is a terminal.
 exit status: 0, 1 when the dump stopped at damage, 2 when it could not run"""
 DUMP_EPILOG: Final = """\
 examples:
   ringtape dump RUN | head -5
+  ringtape dump ./ringtape-demo latest --topic 'ringtape.*'
   ringtape dump RUN --topic 'events.order.*' --from-seq 1000 --to-seq 2000
   ringtape dump RUN --since 2026-11-25T09:30:00Z --until 2026-11-25T09:31:00Z
   ringtape dump RUN --markers | jq 'select(.kind == "gap")'"""
 
 
+RUN_HELP: Final = "a run directory, or a base or instance directory followed by RUN_ID"
+RUN_ID_HELP: Final = "a run id, or 'latest' (the run that started last), when RUN is a base dir"
+
+
+def run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``RUN [RUN_ID]``: what every command that reads one run takes."""
+    parser.add_argument("run", metavar="RUN", help=RUN_HELP)
+    parser.add_argument("run_id", metavar="RUN_ID", nargs="?", help=RUN_ID_HELP)
+
+
+def topic_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--topic",
+        metavar="GLOB",
+        action="append",
+        help="only topics matching GLOB (fnmatch: *, ?, [..]); repeat for several",
+    )
+
+
+def time_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", type=parse_time, metavar="TIME", help="ts_init >= TIME")
+    parser.add_argument("--until", type=parse_time, metavar="TIME", help="ts_init <= TIME")
+
+
 def dump_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="a run directory")
+    run_arguments(parser)
     parser.add_argument(
         "--from-seq",
         type=seq_arg,
@@ -172,16 +199,120 @@ def dump_arguments(parser: argparse.ArgumentParser) -> None:
         help="first seq (default: the first one the run still holds)",
     )
     parser.add_argument("--to-seq", type=seq_arg, metavar="SEQ", help="last seq (inclusive)")
-    parser.add_argument(
-        "--topic", metavar="GLOB", help="only topics matching GLOB (fnmatch: *, ?, [..])"
-    )
-    parser.add_argument("--since", type=parse_time, metavar="TIME", help="ts_init >= TIME")
-    parser.add_argument("--until", type=parse_time, metavar="TIME", help="ts_init <= TIME")
+    topic_argument(parser)
+    time_arguments(parser)
     parser.add_argument(
         "--markers",
         action="store_true",
         help="dump the marker stream instead (seq filters apply to marker_seq)",
     )
+
+
+# -- export ------------------------------------------------------------------------------------
+EXPORT_HELP: Final = "write runs as Parquet, Arrow or CSV (a hive-partitioned dataset for a base)"
+EXPORT_DESCRIPTION: Final = """\
+Export the entries and the marker records of PATH: one run (a run directory, or a base
+directory and a run id or 'latest') becomes OUT/<run id>.entries.<ext> and
+OUT/<run id>.markers.<ext>; a base or instance directory becomes one hive-partitioned dataset
+per stream, OUT/entries/instance=<id>/run=<id>/part-0.<ext> (and OUT/markers/...), which
+DuckDB, Polars and Spark read as one table. Every frame is checked; a damaged run is left out
+(exit status 1). Nothing is overwritten. Needs pyarrow (pip install 'ringtape[arrow]').
+
+Columns: seq, ts_init, ts_publish (u64 ns), topic, payload_type (dictionary strings), payload
+(binary; in CSV the UTF-8 text, or base64 as its encoding column says), correlation_id and
+causation_id (16 bytes; UUID strings in CSV).
+exit status: 0, 1 when a run was damaged, 2 when it could not run"""
+EXPORT_EPILOG: Final = """\
+examples:
+  ringtape export ./ringtape-demo latest --out /tmp/out
+  ringtape export /data/ringtape --format parquet --out /data/lake
+  duckdb -c "SELECT topic, count(*) FROM read_parquet('/data/lake/entries/**/*.parquet',
+             hive_partitioning=true) GROUP BY topic"""
+
+
+def export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="PATH", help="a run directory, or a base or instance dir")
+    parser.add_argument("run_id", metavar="RUN_ID", nargs="?", help=RUN_ID_HELP)
+    parser.add_argument(
+        "--format", choices=("parquet", "arrow", "csv"), default="parquet", help="(parquet)"
+    )
+    parser.add_argument("--out", metavar="DIR", required=True, help="where the files go")
+    parser.add_argument("--no-markers", action="store_true", help="the entries only")
+
+
+# -- tail --------------------------------------------------------------------------------------
+TAIL_HELP: Final = "print a run's entries as they become durable (--follow a live run)"
+TAIL_DESCRIPTION: Final = """\
+Print the last --lines entries of a run as JSON lines (the format of dump), and with --follow
+go on printing entries as the writer makes them durable, following segment rolls, until the run
+is sealed. Only whole, checked frames are printed, and never past what is durable: the writer
+reports its durable seq in writer.lock about once a second, so a followed run's output trails
+the writer by up to about a second. If the writer dies without the run being sealed, tail stops
+at the last seq it reported durable (exit status 1; `ringtape recover` seals the run).
+
+RUN is a run directory, or a base directory followed by a run id or 'latest' (with --follow and
+no RUN_ID, a base directory means the run that started last).
+exit status: 0, 1 at damage or when the writer died unsealed, 2 when it could not run"""
+TAIL_EPILOG: Final = """\
+examples:
+  ringtape tail ./ringtape-demo latest
+  ringtape tail /data/ringtape latest --follow --topic 'events.order.*' | jq .payload"""
+
+
+def tail_arguments(parser: argparse.ArgumentParser) -> None:
+    run_arguments(parser)
+    parser.add_argument("-f", "--follow", action="store_true", help="wait for new entries")
+    parser.add_argument(
+        "-n", "--lines", type=int, default=10, metavar="N", help="entries to start with (10)"
+    )
+    topic_argument(parser)
+    parser.add_argument(
+        "--poll", type=positive_number, default=0.1, metavar="S", help="seconds between looks (0.1)"
+    )
+
+
+# -- stats -------------------------------------------------------------------------------------
+STATS_HELP: Final = "per-topic counts, bytes and rates, ts_publish - ts_init percentiles"
+STATS_DESCRIPTION: Final = """\
+Summarise a run's entries: per topic the entries, payload bytes, share and rate (entries per
+second of the run's ts_init span), and the percentiles of ts_publish - ts_init (how long an
+entry waited between the kernel's clock and the writer taking it). --plot FILE.png draws the
+latency histogram and the entry rate over time (needs matplotlib: pip install
+'ringtape[plot]'). Filters as for dump.
+exit status: 0, 1 when the run is damaged (the stats cover what came before), 2 could not run"""
+STATS_EPILOG: Final = """\
+examples:
+  ringtape stats ./ringtape-demo latest
+  ringtape stats RUN --topic 'events.*' --json | jq .topics
+  ringtape stats RUN --plot run.png"""
+
+
+def stats_arguments(parser: argparse.ArgumentParser) -> None:
+    run_arguments(parser)
+    topic_argument(parser)
+    time_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the stats as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw histogram and rate to FILE.png")
+
+
+# -- replay ------------------------------------------------------------------------------------
+REPLAY_HELP: Final = "replay a sealed run into the reference cache and show what it rebuilt"
+REPLAY_DESCRIPTION: Final = """\
+Replay a sealed run the way a restarting kernel does: restore the newest valid snapshot anchor
+at or before --to-seq (default: the whole run), then apply the entries after it in seq order,
+into the reference cache (orders, positions, accounts). Prints the anchor used, the entries
+applied and what the cache holds. Every frame is checked on the way.
+exit status: 0, 1 when the run is damaged, 2 when it cannot be replayed (running, quarantined)"""
+REPLAY_EPILOG: Final = """\
+examples:
+  ringtape replay ./ringtape-demo latest
+  ringtape replay RUN --to-seq 5000 --json | jq .cache"""
+
+
+def replay_arguments(parser: argparse.ArgumentParser) -> None:
+    run_arguments(parser)
+    parser.add_argument("--to-seq", type=seq_arg, metavar="SEQ", help="replay up to SEQ")
+    parser.add_argument("--json", action="store_true", help="print what was rebuilt as JSON")
 
 
 # -- recover -----------------------------------------------------------------------------------
@@ -328,6 +459,10 @@ COMMANDS: Final[dict[str, Command]] = {
     "verify": Command(VERIFY_HELP, VERIFY_DESCRIPTION, VERIFY_EPILOG, verify_arguments),
     "inspect": Command(INSPECT_HELP, INSPECT_DESCRIPTION, INSPECT_EPILOG, inspect_arguments),
     "dump": Command(DUMP_HELP, DUMP_DESCRIPTION, DUMP_EPILOG, dump_arguments),
+    "tail": Command(TAIL_HELP, TAIL_DESCRIPTION, TAIL_EPILOG, tail_arguments),
+    "stats": Command(STATS_HELP, STATS_DESCRIPTION, STATS_EPILOG, stats_arguments),
+    "export": Command(EXPORT_HELP, EXPORT_DESCRIPTION, EXPORT_EPILOG, export_arguments),
+    "replay": Command(REPLAY_HELP, REPLAY_DESCRIPTION, REPLAY_EPILOG, replay_arguments),
     "recover": Command(RECOVER_HELP, RECOVER_DESCRIPTION, RECOVER_EPILOG, recover_arguments),
     "prune": Command(PRUNE_HELP, PRUNE_DESCRIPTION, PRUNE_EPILOG, prune_arguments),
     "demo": Command(DEMO_HELP, DEMO_DESCRIPTION, DEMO_EPILOG, demo_arguments),

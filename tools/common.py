@@ -73,6 +73,36 @@ def check_path(text: str, *, want_dir: bool = False) -> Path:
     return path
 
 
+def not_a_segment(path: Path) -> str | None:
+    """Why a regular file handed to ``verify`` or ``inspect`` is not a ringtape segment at all
+    (``None``: it may be one, whole, torn or damaged: the scan says which). A file named like a
+    segment (``*.seg``) is a segment, however damaged; any other must start like one."""
+    from ringtape.storage.format.frame import SEGMENT_MAGIC
+
+    if path.name.endswith(".seg"):
+        return None
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SEGMENT_MAGIC))
+    except OSError:
+        return None  # the scan reports what cannot be read
+    if head and SEGMENT_MAGIC.startswith(head):
+        return None
+    return f"{path}: not a ringtape segment (a segment file starts with {SEGMENT_MAGIC.decode()})"
+
+
+def run_dir_arg(path_text: str, run: str | None = None) -> Path:
+    """The run directory a reading command works on: a run directory, or a base (or instance)
+    directory and a run id or ``latest`` (``storage/read/run.py``'s rules)."""
+    from ringtape.storage.read.run import RunNotFound, resolve_run
+
+    check_path(path_text, want_dir=True)
+    try:
+        return resolve_run(path_text, run)
+    except RunNotFound as exc:
+        raise CliError(str(exc)) from None
+
+
 def segment_bytes(path: Path) -> int:
     """Bytes of the segment files under ``path`` (what ``verify_path(path)`` reads)."""
     runs, loose, _ = find_runs(path)

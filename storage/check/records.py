@@ -2,7 +2,9 @@
 
 A deep scan and the reader both queue frame bodies in a :class:`RecordBatch` and check every
 record of every queued frame with a fixed number of numpy operations, which is what makes a deep
-scan fast. Records of frames that fail their checks may be garbage; callers drop those.
+scan fast. Records of frames that fail their checks may be garbage; callers drop those. The
+check includes each frame's index (version 2 headers): its bounds must hold every record's
+``ts_init`` and topic key, or a filtered reader would skip a frame it should have read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ringtape.storage.format.entry import (
 from ringtape.storage.format.frame import (
     FrameHeader,
 )
+from ringtape.storage.format.frame_index import PAD, batch_indexes
 from ringtape.storage.segment.file import WINDOW
 
 _TOPIC_LEN_AT: Final = 8  # offset of topic_len in an entry header
@@ -79,7 +82,9 @@ class RecordBatch:
 
     def _alloc(self, capacity: int) -> None:
         capacity += -capacity % 4
-        self._buf = np.zeros(capacity, np.uint8)
+        # PAD spare bytes at the end: the index check reads a few bytes past a record's start.
+        self._room = capacity
+        self._buf = np.zeros(capacity + PAD, np.uint8)
         self._mem = self._buf.data
         self._u4 = self._buf.view("<u4")
 
@@ -96,7 +101,7 @@ class RecordBatch:
         """Queue a body; ``False`` when there is no room (check and clear first)."""
         entry_len = header.raw_len - 4 * header.entry_count
         base = self._used + (-(self._used + entry_len) % 4)
-        if base + header.raw_len > len(self._buf):
+        if base + header.raw_len > self._room:
             if self.headers:
                 return False
             self._alloc(header.raw_len + 4)  # bounded: raw_len <= MAX_FRAME_RAW
@@ -131,7 +136,49 @@ class RecordBatch:
             body = self._mem[lo : lo + h.raw_len]
             why = explain_records(body, rel, int(ends[j]) - lo, h.first_seq)
             problems[j] = why or "entry records do not check out"
+        for j, why in self._index_problems(records, firsts).items():
+            problems.setdefault(j, why)
         return problems
+
+    def _index_problems(
+        self, records: npt.NDArray[np.int64], firsts: npt.NDArray[np.int64]
+    ) -> dict[int, str]:
+        """Frames whose header index does not hold their records (version 1: none can)."""
+        if all(h.version == 1 for h in self.headers):
+            return {}
+        safe = np.minimum(records, self._used)  # a bad frame's offsets may point anywhere
+        ends = np.array(self._bases, np.int64) + np.array(
+            [h.raw_len for h in self.headers], np.int64
+        )
+        found = batch_indexes(self._buf[: self._used + PAD], safe, firsts, ends)
+        said = np.array([tuple(h.bounds) for h in self.headers], np.uint64).reshape(-1, 4)
+        bad = (
+            (found[:, 0] < said[:, 0])
+            | (found[:, 1] > said[:, 1])
+            | (found[:, 2] < said[:, 2])
+            | (found[:, 3] > said[:, 3])
+        )
+        out = {}
+        for j in np.flatnonzero(bad).tolist():
+            f, s = found[j].tolist(), said[j].tolist()
+            out[j] = (
+                f"the frame header's index (ts_init {s[0]}..{s[1]}, topic keys"
+                f" {s[2]:#x}..{s[3]:#x}) does not hold its records ({f[0]}..{f[1]},"
+                f" {f[2]:#x}..{f[3]:#x})"
+            )
+        return out
+
+    @property
+    def buffer(self) -> npt.NDArray[np.uint8]:
+        """The packed bodies (with :data:`PAD` spare bytes); valid until ``clear``."""
+        return self._buf[: self._used + PAD]
+
+    def good_records(self, n: int) -> npt.NDArray[np.int64]:
+        """After ``check``: where each record of the first ``n`` queued frames starts in
+        :attr:`buffer`, in seq order."""
+        if n == 0:
+            return self._records[:0]
+        return self._records[: int(self._firsts[n - 1] + self._counts[n - 1])]
 
     def record_offsets(self, j: int) -> npt.NDArray[np.int64]:
         """Where each record of queued frame ``j`` starts in its body, after ``check``."""

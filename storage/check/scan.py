@@ -34,7 +34,7 @@ from ringtape.storage.format.entry import (
     EntryError,
 )
 from ringtape.storage.format.frame import (
-    FRAME_HEADER_SIZE,
+    MAX_FRAME_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     FormatError,
     FrameDecoder,
@@ -113,7 +113,8 @@ def link_finding(
 
 
 class FrameTable:
-    """The good frames of a segment, compactly: 8 bytes of offset + the 56 raw header bytes."""
+    """The good frames of a segment, compactly: 8 bytes of offset + the raw header bytes (each
+    padded to the largest header size; a header's magic says its own size)."""
 
     __slots__ = ("_headers", "_offsets")
 
@@ -123,18 +124,18 @@ class FrameTable:
 
     def append(self, offset: int, raw_header: bytes) -> None:
         self._offsets.append(offset)
-        self._headers += raw_header
+        self._headers += raw_header.ljust(MAX_FRAME_HEADER_SIZE, b"\0")
 
     def extend(self, offsets: list[int], raw_headers: list[bytes]) -> None:
         self._offsets.extend(offsets)
-        self._headers += b"".join(raw_headers)
+        self._headers += b"".join(h.ljust(MAX_FRAME_HEADER_SIZE, b"\0") for h in raw_headers)
 
     def __len__(self) -> int:
         return len(self._offsets)
 
     def __getitem__(self, i: int) -> tuple[int, FrameHeader]:
         off = self._offsets[i]
-        j = (i % len(self._offsets)) * FRAME_HEADER_SIZE
+        j = (i % len(self._offsets)) * MAX_FRAME_HEADER_SIZE
         return off, decode_frame_header(memoryview(self._headers), j)
 
     def __iter__(self) -> Iterator[tuple[int, FrameHeader]]:
@@ -243,6 +244,7 @@ class _Scanner:
         self.batch = RecordBatch()
         self.link: int | None = None
         self.next_seq: int | None = None
+        self.version: int | None = None  # the segment header's (None: damaged)
 
     def note(self, kind: Kind, offset: int | None, lo: int | None, hi: int | None, s: str) -> None:
         self.findings.append(Finding(kind, self.path, offset, lo, hi, s))
@@ -259,7 +261,7 @@ class _Scanner:
         if torn_at is None:
             self.tally.valid_end = SEGMENT_HEADER_SIZE if header is not None else 0
         while torn_at is None:
-            step = next_frame(f, pos)
+            step = next_frame(f, pos, version=self.version)
             if step is None:
                 break
             if isinstance(step, Torn):
@@ -315,6 +317,7 @@ class _Scanner:
             self.note(Kind.BAD_HEADER, 0, None, None, step.detail)
             return None, None
         self.link, self.next_seq = step.checksum, step.first_seq
+        self.version = step.version
         return step, None
 
     def broken(self, step: Broken) -> int | None:

@@ -18,9 +18,13 @@ import xxhash
 import zstandard
 
 from ringtape.storage.format.entry import ENTRY_HEADER_SIZE, check_records
+from ringtape.storage.format.frame_index import UNKNOWN, FrameIndex
 
 SEGMENT_MAGIC: Final = b"RTAPESEG"
-FORMAT_VERSION: Final = 1
+# Version 2 adds each frame's index (ts_init and topic key bounds); version 1 segments stay
+# readable. A segment's version says which frame header its frames carry.
+FORMAT_VERSION: Final = 2
+SUPPORTED_VERSIONS: Final = (1, 2)
 SEGMENT_HEADER: Final = struct.Struct("<8sHHIQQQ32s")
 SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size + 8  # + u64 header checksum = 80
 RUN_ID_FIELD: Final = 32
@@ -29,9 +33,18 @@ STREAM_EVENTS: Final = 1
 STREAM_MARKERS: Final = 2
 STREAM_NAMES: Final = {STREAM_EVENTS: "events", STREAM_MARKERS: "markers"}
 
-FRAME_MAGIC: Final = b"RTFR"
-FRAME_HEADER: Final = struct.Struct("<4sBBHIIIIQQQ")
-FRAME_HEADER_SIZE: Final = FRAME_HEADER.size + 8  # + u64 header checksum = 56
+# Version 1 frame header: 48 bytes of fields + u64 header checksum = 56.
+FRAME_MAGIC_V1: Final = b"RTFR"
+FRAME_HEADER_V1: Final = struct.Struct("<4sBBHIIIIQQQ")
+FRAME_HEADER_SIZE_V1: Final = FRAME_HEADER_V1.size + 8
+# Version 2: the same 48 bytes (magic RTF2), then ts_init_min, ts_init_max, topic_min,
+# topic_max, then the u64 header checksum = 88.
+FRAME_MAGIC: Final = b"RTF2"
+FRAME_HEADER: Final = struct.Struct("<4sBBHIIIIQQQQQQQ")
+FRAME_HEADER_SIZE: Final = FRAME_HEADER.size + 8
+MAX_FRAME_HEADER_SIZE: Final = FRAME_HEADER_SIZE
+FRAME_MAGICS: Final = {1: FRAME_MAGIC_V1, 2: FRAME_MAGIC}
+FRAME_HEADER_SIZES: Final = {1: FRAME_HEADER_SIZE_V1, 2: FRAME_HEADER_SIZE}
 
 CODEC_NONE: Final = 0
 CODEC_ZSTD: Final = 1
@@ -65,6 +78,7 @@ class SegmentHeader(NamedTuple):
     created_ns: int
     run_id: str
     checksum: int
+    version: int = FORMAT_VERSION
 
 
 def encode_segment_header(
@@ -74,14 +88,16 @@ def encode_segment_header(
     prev_link: int,
     created_ns: int,
     run_id: str,
+    version: int = FORMAT_VERSION,
 ) -> bytes:
-    """The 80-byte segment header; ``prev_link`` is the previous segment's last frame checksum."""
+    """The 80-byte segment header; ``prev_link`` is the previous segment's last frame checksum.
+    ``version`` says which frame header the segment's frames carry (1 only to test readers)."""
     rid = run_id.encode("ascii")
     if len(rid) > RUN_ID_FIELD:
         raise FormatError(f"run id {run_id!r} is longer than {RUN_ID_FIELD} bytes")
     body = SEGMENT_HEADER.pack(
         SEGMENT_MAGIC,
-        FORMAT_VERSION,
+        version,
         stream_kind,
         segment_index,
         first_seq,
@@ -103,15 +119,15 @@ def decode_segment_header(data: bytes | memoryview) -> SegmentHeader:
     actual = checksum(body)
     if stored != actual:
         raise ChecksumError(f"segment header checksum {stored:#018x} != computed {actual:#018x}")
-    if version != FORMAT_VERSION:
-        raise FormatError(f"format version {version} is not supported (this reader: 1)")
+    if version not in SUPPORTED_VERSIONS:
+        raise FormatError(f"format version {version} is not supported (this reader: 1 and 2)")
     if kind not in STREAM_NAMES:
         raise FormatError(f"unknown stream kind {kind}")
     try:
         run_id = rid.rstrip(b"\0").decode("ascii")
     except UnicodeDecodeError:
         raise FormatError("run id in segment header is not ASCII") from None
-    return SegmentHeader(kind, index, first_seq, prev_link, created, run_id, actual)
+    return SegmentHeader(kind, index, first_seq, prev_link, created, run_id, actual, version)
 
 
 class FrameHeader(NamedTuple):
@@ -123,6 +139,8 @@ class FrameHeader(NamedTuple):
     prev_checksum: int
     data_checksum: int
     checksum: int
+    bounds: FrameIndex = UNKNOWN  # the index; version 1 frames have none: they may hold anything
+    header_size: int = FRAME_HEADER_SIZE
 
     @property
     def last_seq(self) -> int:
@@ -131,12 +149,16 @@ class FrameHeader(NamedTuple):
     @property
     def size(self) -> int:
         """Bytes the whole frame occupies on disk."""
-        return FRAME_HEADER_SIZE + self.stored_len
+        return self.header_size + self.stored_len
 
     @property
     def entry_bytes(self) -> int:
         """Raw bytes of the entry records (the body less its offset table)."""
         return self.raw_len - 4 * self.entry_count
+
+    @property
+    def version(self) -> int:
+        return 1 if self.header_size == FRAME_HEADER_SIZE_V1 else 2
 
 
 def encode_frame_header(
@@ -147,37 +169,46 @@ def encode_frame_header(
     first_seq: int,
     prev_checksum: int,
     data_checksum: int,
+    index: FrameIndex = UNKNOWN,
+    *,
+    version: int = FORMAT_VERSION,
 ) -> tuple[bytes, int]:
-    body = FRAME_HEADER.pack(
-        FRAME_MAGIC,
-        codec,
-        0,
-        0,
-        entry_count,
-        raw_len,
-        stored_len,
-        0,
-        first_seq,
-        prev_checksum,
-        data_checksum,
-    )
+    """A frame header of ``version`` (a version 1 header has no ``index``) and its checksum."""
+    fields = (
+        codec, 0, 0, entry_count, raw_len, stored_len, 0, first_seq, prev_checksum, data_checksum,
+    )  # fmt: skip
+    if version == 1:
+        body = FRAME_HEADER_V1.pack(FRAME_MAGIC_V1, *fields)
+    else:
+        body = FRAME_HEADER.pack(FRAME_MAGIC, *fields, *index)
     c = checksum(body)
     return body + _U64.pack(c), c
 
 
+def frame_header_size(data: bytes | memoryview, offset: int = 0) -> int:
+    """The size of the frame header at ``offset``, by its magic (version 1 when unknown)."""
+    return FRAME_HEADER_SIZE if data[offset : offset + 4] == FRAME_MAGIC else FRAME_HEADER_SIZE_V1
+
+
 def decode_frame_header(data: bytes | memoryview, offset: int = 0) -> FrameHeader:
-    """Parse and check the 56-byte frame header at ``offset`` (bounds included)."""
-    if offset < 0 or len(data) - offset < FRAME_HEADER_SIZE:
+    """Parse and check the frame header at ``offset`` (bounds included); its magic says its
+    version (``RTFR`` 1, ``RTF2`` 2)."""
+    if data[offset : offset + 4] == FRAME_MAGIC:
+        size, layout = FRAME_HEADER_SIZE, FRAME_HEADER
+    else:
+        size, layout = FRAME_HEADER_SIZE_V1, FRAME_HEADER_V1
+    if offset < 0 or len(data) - offset < size:
         raise FormatError("frame header is cut short")
-    view = memoryview(data)[offset : offset + FRAME_HEADER.size]
-    (stored,) = _U64.unpack_from(data, offset + FRAME_HEADER.size)
+    view = memoryview(data)[offset : offset + layout.size]
+    (stored,) = _U64.unpack_from(data, offset + layout.size)
     actual = checksum(view)
     if stored != actual:
         raise ChecksumError(f"frame header checksum {stored:#018x} != computed {actual:#018x}")
+    fields = layout.unpack(view)
     magic, codec, flags, res16, count, raw_len, stored_len, res32, first_seq, prev, data_sum = (
-        FRAME_HEADER.unpack(view)
+        fields[:11]
     )
-    if magic != FRAME_MAGIC:
+    if magic not in (FRAME_MAGIC, FRAME_MAGIC_V1):
         raise FormatError(f"frame magic is {magic!r}, expected {FRAME_MAGIC!r}")
     if codec not in (CODEC_NONE, CODEC_ZSTD) or flags or res16 or res32:
         raise FormatError(f"unknown codec {codec} or non-zero reserved bits")
@@ -189,7 +220,15 @@ def decode_frame_header(data: bytes | memoryview, offset: int = 0) -> FrameHeade
         raise FormatError(f"stored length {stored_len} impossible (raw {raw_len})")
     if first_seq < 1 or first_seq + count - 1 >= 1 << 63:
         raise FormatError(f"first seq {first_seq} out of range")
-    return FrameHeader(codec, count, raw_len, stored_len, first_seq, prev, data_sum, actual)
+    index = UNKNOWN
+    if size == FRAME_HEADER_SIZE:
+        ts_min, ts_max, topic_min, topic_max = fields[11:]
+        if ts_min > ts_max or topic_min > topic_max:
+            raise FormatError(f"index bounds out of order: {fields[11:]}")
+        index = FrameIndex(ts_min, ts_max, topic_min, topic_max)
+    return FrameHeader(
+        codec, count, raw_len, stored_len, first_seq, prev, data_sum, actual, index, size
+    )
 
 
 def build_body(entries: bytes | bytearray | memoryview, offsets: npt.NDArray[np.int64]) -> bytes:
@@ -198,15 +237,22 @@ def build_body(entries: bytes | bytearray | memoryview, offsets: npt.NDArray[np.
 
 
 class FrameEncoder:
-    """Compresses bodies into frames and keeps the checksum chain of one segment stream."""
+    """Compresses bodies into frames of one format ``version`` (1 only to test readers)."""
 
-    def __init__(self, level: int = 3) -> None:
+    def __init__(self, level: int = 3, *, version: int = FORMAT_VERSION) -> None:
         self._zstd = zstandard.ZstdCompressor(level=level, write_content_size=True)
+        self.version = version
 
     def encode(
-        self, body: bytes, entry_count: int, first_seq: int, prev_checksum: int
+        self,
+        body: bytes,
+        entry_count: int,
+        first_seq: int,
+        prev_checksum: int,
+        index: FrameIndex = UNKNOWN,
     ) -> tuple[bytes, int]:
-        """Header + stored bytes for one frame, and the frame's checksum (the next link)."""
+        """Header + stored bytes for one frame, and the frame's checksum (the next link).
+        ``index`` must hold every record's ``ts_init`` and topic key (``frame_index``)."""
         if len(body) > MAX_FRAME_RAW or entry_count > MAX_FRAME_ENTRIES:
             raise FormatError(
                 f"frame of {entry_count} entries, {len(body)} bytes exceeds the format's limits"
@@ -216,7 +262,15 @@ class FrameEncoder:
         if len(stored) >= len(body):
             stored, codec = body, CODEC_NONE
         header, c = encode_frame_header(
-            codec, entry_count, len(body), len(stored), first_seq, prev_checksum, checksum(stored)
+            codec,
+            entry_count,
+            len(body),
+            len(stored),
+            first_seq,
+            prev_checksum,
+            checksum(stored),
+            index,
+            version=self.version,
         )
         return header + stored, c
 

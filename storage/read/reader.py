@@ -6,8 +6,10 @@ Rules of this module:
    records) and follows the one before it (chain and seq, across segments too); the first one
    that does not raises :class:`CorruptionError` carrying the
    :class:`~ringtape.storage.check.findings.Finding`.
-2. Frames wholly before ``from_seq`` are skipped on their headers alone (header checksum, chain,
-   seq); their stored bytes are not read or checked.
+2. Frames that cannot hold a wanted entry — wholly before ``from_seq``, or ruled out by the
+   time window or topic globs through their header's index (``storage/format/frame_index.py``)
+   — are skipped on their headers alone (header checksum, chain, seq); their stored bytes are
+   not read or checked. A frame passed on may still hold unwanted entries: the callers filter.
 3. A torn tail at the very end of the stream ends iteration quietly only when the run may still
    have been open: ``strict=False``, or ``strict=None`` and the manifest says ``running``. In a
    sealed (or quarantined, or manifest-less) run it is an error like any other damage, because
@@ -16,9 +18,10 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import Final, NamedTuple, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -34,11 +37,44 @@ from ringtape.storage.format.frame import (
     FrameDecoder,
     FrameHeader,
 )
+from ringtape.storage.format.frame_index import TopicQuery
 from ringtape.storage.run.layout import SEGMENT_RE, is_run_id, list_segments
 from ringtape.storage.run.manifest import Manifest, ManifestError, read_manifest
 from ringtape.storage.run.status import RunStatus
 from ringtape.storage.segment.file import SegmentFile
-from ringtape.storage.segment.walk import Broken, Torn, next_frame, read_segment_header
+from ringtape.storage.segment.walk import Broken, FrameAt, Torn, next_frame, read_segment_header
+
+PROGRESS_STEP: Final = 4 << 20
+# Called with the number of segment bytes walked since the last call.
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class FrameFilter:
+    """What a reader wants: a ``ts_init`` window (inclusive; ``None``: open) and topic globs
+    (``None``: every topic). :meth:`skips` rules frames out by their header's index alone."""
+
+    since: int | None = None
+    until: int | None = None
+    topics: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        query = None if self.topics is None else TopicQuery(list(self.topics))
+        object.__setattr__(self, "_query", query)
+
+    @property
+    def empty(self) -> bool:
+        return self.since is None and self.until is None and self.topics is None
+
+    def skips(self, header: FrameHeader) -> bool:
+        """True when no record of the frame can be wanted."""
+        index = header.bounds
+        if self.since is not None and index.ts_max < self.since:
+            return True
+        if self.until is not None and index.ts_min > self.until:
+            return True
+        query: TopicQuery | None = getattr(self, "_query")  # noqa: B009 (set in __post_init__)
+        return query is not None and not query.may_match(index)
 
 
 class CorruptionError(Exception):
@@ -95,10 +131,22 @@ def _manifest(run_dir: Path) -> Manifest | None:
 class _StreamReader:
     """Walks one stream's segments, keeping the chain and seq that the next frame must carry."""
 
-    def __init__(self, run_dir: Path, stream: str, from_seq: int, retained: int, tolerant: bool):
+    def __init__(
+        self,
+        run_dir: Path,
+        stream: str,
+        from_seq: int,
+        retained: int,
+        tolerant: bool,
+        wanted: FrameFilter | None = None,
+        progress: Progress | None = None,
+    ):
         self.stream = stream
         self.from_seq = from_seq
         self.tolerant = tolerant
+        self.skip = None if wanted is None or wanted.empty else wanted.skips
+        self.progress = progress
+        self.walked = 0  # bytes of segments walked, not yet reported to ``progress``
         self.run_id = run_dir.name if is_run_id(run_dir.name) else None
         self.decoder = FrameDecoder()
         self.batch = RecordBatch()
@@ -110,8 +158,10 @@ class _StreamReader:
         if retained > 1:
             self.link = self.next_seq = self.index = None
 
-    def segment(self, path: Path, last: bool, to_seq: int | None) -> Iterator[Frame]:
-        """The wanted frames of one segment; ``self.link``/``next_seq`` follow it.
+    def segment(self, path: Path, last: bool, to_seq: int | None) -> Iterator[tuple[str, int]]:
+        """The wanted frames of one segment, as ``(path, n)``: the first ``n`` frames queued in
+        ``self.batch`` (bodies in ``self.bodies``) are checked and good, until the next step.
+        ``self.link``/``next_seq`` follow the walk.
 
         Frames are checked in batches (see ``RecordBatch``); when damage stops the walk, the
         checked frames before it are passed on first, then the error is raised.
@@ -123,25 +173,34 @@ class _StreamReader:
             raise
         yield from self._release(str(path))
 
-    def _release(self, where: str) -> Iterator[Frame]:
+    def _release(self, where: str) -> Iterator[tuple[str, int]]:
         """Check the queued frames and pass them on in order, up to the first bad one."""
-        batch, bodies = self.batch, self.bodies
+        batch = self.batch
         problems = batch.check()
         try:
-            for j, h in enumerate(batch.headers):
-                if j in problems:
-                    raise CorruptionError(
-                        Finding(
-                            Kind.DECODE_ERROR, where, batch.offsets[j], h.first_seq, h.last_seq,
-                            problems[j],
-                        )
-                    )  # fmt: skip
-                yield Frame(where, batch.offsets[j], h, bodies[j], batch.record_offsets(j))
+            good = min(problems) if problems else len(batch.headers)
+            if good:
+                yield where, good
+            if problems:
+                h = batch.headers[good]
+                raise CorruptionError(
+                    Finding(
+                        Kind.DECODE_ERROR, where, batch.offsets[good], h.first_seq, h.last_seq,
+                        problems[good],
+                    )
+                )  # fmt: skip
         finally:
             batch.clear()
-            bodies.clear()
+            self.bodies.clear()
 
-    def _walk(self, path: Path, last: bool, to_seq: int | None) -> Iterator[Frame]:
+    def _advance(self, n: int) -> None:
+        if self.progress is not None:
+            self.walked += n
+            if self.walked >= PROGRESS_STEP:
+                self.progress(self.walked)
+                self.walked = 0
+
+    def _walk(self, path: Path, last: bool, to_seq: int | None) -> Iterator[tuple[str, int]]:
         where = str(path)
 
         def fail(
@@ -181,20 +240,31 @@ class _StreamReader:
                 return
             self.link, self.next_seq = header.checksum, header.first_seq
             pos = SEGMENT_HEADER_SIZE
-            while (step := next_frame(f, pos, skip_before=self.from_seq)) is not None:
-                if isinstance(step, Torn):
-                    if last and self.tolerant:
-                        return
-                    h = step.header
-                    lo, hi = (None, None) if h is None else (h.first_seq, h.last_seq)
-                    fail(Kind.TORN_TAIL, pos, lo, hi, f"torn tail: {step.detail}")
-                if isinstance(step, Broken):
+            version = header.version
+            skip = self.skip
+            from_seq = self.from_seq
+            tracking = self.progress is not None
+            while (
+                step := next_frame(f, pos, skip_before=from_seq, version=version, skip=skip)
+            ) is not None:
+                if not isinstance(step, FrameAt):
+                    if isinstance(step, Torn):
+                        if last and self.tolerant:
+                            return
+                        h = step.header
+                        lo, hi = (None, None) if h is None else (h.first_seq, h.last_seq)
+                        fail(Kind.TORN_TAIL, pos, lo, hi, f"torn tail: {step.detail}")
                     fail(Kind.BAD_HEADER, pos, self.next_seq, None, step.detail)
                 h = step.header
-                self.check_link(where, pos, h.prev_checksum, h.first_seq, h.last_seq)
+                if h.prev_checksum != self.link or h.first_seq != self.next_seq:
+                    self.check_link(where, pos, h.prev_checksum, h.first_seq, h.last_seq)
                 self.link, self.next_seq = h.checksum, h.last_seq + 1
                 pos += h.size
-                if h.last_seq < self.from_seq:
+                if tracking:
+                    self._advance(h.size)
+                if h.last_seq < from_seq or (skip is not None and skip(h)):
+                    if to_seq is not None and h.last_seq >= to_seq:
+                        return
                     continue
                 if not step.data_ok:
                     fail(
@@ -221,19 +291,15 @@ class _StreamReader:
             raise CorruptionError(found)
 
 
-def iter_frames(
+def _open_stream(
     run_dir: Path,
-    stream: str = "events",
-    *,
-    from_seq: int = 1,
-    to_seq: int | None = None,
-    strict: bool | None = None,
-) -> Iterator[Frame]:
-    """The checked frames of one stream of a run holding seqs ``from_seq..to_seq``, in order.
-
-    Raises :class:`CorruptionError` at the first damage, ``ValueError`` for a bad range or a
-    ``from_seq`` before what retention kept. See the module rules for torn tails and ``strict``.
-    """
+    stream: str,
+    from_seq: int,
+    to_seq: int | None,
+    strict: bool | None,
+    wanted: FrameFilter | None,
+    progress: Progress | None,
+) -> tuple[_StreamReader, list[Path]]:
     if stream not in STREAM_NAMES.values():
         raise ValueError(f"unknown stream {stream!r}")
     if from_seq < 1 or (to_seq is not None and to_seq < from_seq):
@@ -246,12 +312,96 @@ def iter_frames(
         raise ValueError(f"entries before seq {retained} of this run were reclaimed by retention")
     if strict is None:
         strict = manifest is None or manifest.status is not RunStatus.RUNNING
-    reader = _StreamReader(run_dir, stream, from_seq, retained, tolerant=not strict)
-    segments = list_segments(run_dir, stream)
+    reader = _StreamReader(
+        run_dir, stream, from_seq, retained, not strict, wanted=wanted, progress=progress
+    )
+    return reader, list_segments(run_dir, stream)
+
+
+def segment_first_seq(path: Path) -> int | None:
+    try:
+        with SegmentFile.open(path) as f:
+            header = read_segment_header(f)
+    except OSError:
+        return None
+    return None if isinstance(header, Torn | Broken) else header.first_seq
+
+
+def skip_segments(reader: _StreamReader, segments: list[Path]) -> list[Path]:
+    """The segments from the last one that starts at or before ``reader.from_seq``: those
+    before it hold only unwanted seqs and are not read at all (not even their frame headers),
+    so the chain is checked from the first segment read (as after retention)."""
+    start = 0
+    for i in range(len(segments) - 1, 0, -1):
+        first = segment_first_seq(segments[i])
+        if first is not None and first <= reader.from_seq:
+            start = i
+            break
+    if start:
+        m = SEGMENT_RE.match(segments[start].name)
+        reader.link = reader.next_seq = None
+        reader.index = int(m.group(2)) if m else None
+    return segments[start:]
+
+
+def _walk_stream(
+    reader: _StreamReader, segments: list[Path], to_seq: int | None
+) -> Iterator[tuple[str, int]]:
     for i, path in enumerate(segments):
         yield from reader.segment(path, i == len(segments) - 1, to_seq)
+        if reader.progress is not None and reader.walked:
+            reader.progress(reader.walked)
+            reader.walked = 0
         if to_seq is not None and reader.next_seq is not None and reader.next_seq > to_seq:
             return
+
+
+def iter_frames(
+    run_dir: Path,
+    stream: str = "events",
+    *,
+    from_seq: int = 1,
+    to_seq: int | None = None,
+    strict: bool | None = None,
+    wanted: FrameFilter | None = None,
+    progress: Progress | None = None,
+) -> Iterator[Frame]:
+    """The checked frames of one stream of a run holding seqs ``from_seq..to_seq``, in order,
+    less those ``wanted`` rules out by their headers; ``progress`` is told how many segment
+    bytes were walked (every few MiB).
+
+    Raises :class:`CorruptionError` at the first damage, ``ValueError`` for a bad range or a
+    ``from_seq`` before what retention kept. See the module rules for torn tails and ``strict``.
+    """
+    reader, segments = _open_stream(run_dir, stream, from_seq, to_seq, strict, wanted, progress)
+    batch, bodies = reader.batch, reader.bodies
+    for where, n in _walk_stream(reader, segments, to_seq):
+        for j in range(n):
+            yield Frame(
+                where, batch.offsets[j], batch.headers[j], bodies[j], batch.record_offsets(j)
+            )
+
+
+def iter_batches(
+    run_dir: Path,
+    stream: str = "events",
+    *,
+    from_seq: int = 1,
+    to_seq: int | None = None,
+    strict: bool | None = None,
+    wanted: FrameFilter | None = None,
+    progress: Progress | None = None,
+    from_segment: bool = False,
+) -> Iterator[tuple[RecordBatch, int]]:
+    """Like :func:`iter_frames`, many frames at a time, for columnar readers: ``(batch, n)``
+    where the first ``n`` frames queued in ``batch`` are checked and good. The batch (its
+    buffer, record offsets and headers) is valid only until the next item is asked for.
+    ``from_segment``: segments wholly before ``from_seq`` are not read (:func:`skip_segments`)."""
+    reader, segments = _open_stream(run_dir, stream, from_seq, to_seq, strict, wanted, progress)
+    if from_segment:
+        segments = skip_segments(reader, segments)
+    for _, n in _walk_stream(reader, segments, to_seq):
+        yield reader.batch, n
 
 
 def iter_entries(

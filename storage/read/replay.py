@@ -111,25 +111,23 @@ def check_anchor(
     return AnchorCheck(True)
 
 
-def anchor_problem(run_dir: Path, anchor: Anchor, previous: int, high_watermark: int) -> str | None:
-    """Why an anchor cannot be used (``None``: it is a restore point)."""
-    return check_anchor(run_dir, anchor, previous, high_watermark).problem
-
-
 def newest_valid_anchor(
-    run_dir: Path, high_watermark: int, *, deep: bool = True
+    run_dir: Path, high_watermark: int, upto: int | None = None, *, deep: bool = True
 ) -> tuple[Anchor | None, list[str]]:
-    """The newest anchor that is a restore point, and why the anchors after it are not."""
+    """The anchor a replay starts from (the newest restore point whose watermark is at most
+    ``upto``), and why the anchors after it up to ``upto`` are not restore points."""
     best: Anchor | None = None
     problems: list[str] = []
     previous = 0
     for anchor in iter_anchors(run_dir):
         check = check_anchor(run_dir, anchor, previous, high_watermark, deep=deep)
+        wanted = upto is None or anchor.high_watermark <= upto
         if check.complete:
-            best = anchor
             previous = anchor.high_watermark
-            problems.clear()  # only what lies after the anchor used matters to a replay
-        elif check.problem is not None:
+            if wanted:
+                best = anchor
+                problems.clear()  # only what lies after the anchor used matters to a replay
+        elif check.problem is not None and wanted:
             problems.append(check.problem)
     return best, problems
 
@@ -146,20 +144,28 @@ def open_source(run_dir: Path) -> int:
     return manifest.high_watermark
 
 
-def replay_run(run_dir: Path, cache: ReplayTarget) -> ReplayResult:
-    """Restore ``cache`` to the state at the end of the sealed run in ``run_dir``."""
-    high_watermark = open_source(run_dir)
-    anchor, skipped = newest_valid_anchor(run_dir, high_watermark, deep=False)
+def replay_run(run_dir: Path, cache: ReplayTarget, to_seq: int | None = None) -> ReplayResult:
+    """Restore ``cache`` to the state at the end of the sealed run in ``run_dir``, or as of
+    entry ``to_seq`` (the newest restore point at or before it, then the entries up to it)."""
+    run_end = high_watermark = open_source(run_dir)
+    if to_seq is not None:
+        if to_seq > run_end:
+            raise ReplaySourceError(f"replay to seq {to_seq}: {run_dir.name} ends at seq {run_end}")
+        high_watermark = to_seq
+    # Blob headers only here: the one snapshot used is read (and checked whole) below.
+    anchor, skipped = newest_valid_anchor(run_dir, run_end, high_watermark, deep=False)
     start = 1
     if anchor is not None:
-        snapshot: bytes | None
-        try:
-            snapshot = read_snapshot(run_dir, anchor)
-        except BlobError as exc:  # its header was right, its content is not: choose again
-            skipped.append(str(exc))
-            anchor, more = newest_valid_anchor(run_dir, anchor.high_watermark - 1)
-            skipped += more
-            snapshot = None if anchor is None else read_snapshot(run_dir, anchor)
+        snapshot: bytes | None = None
+        while anchor is not None and snapshot is None:
+            try:
+                snapshot = read_snapshot(run_dir, anchor)
+            except BlobError as exc:  # its header was right, its content is not: choose again
+                skipped.append(str(exc))
+                anchor, more = newest_valid_anchor(
+                    run_dir, run_end, anchor.high_watermark - 1, deep=False
+                )
+                skipped += more
         if anchor is not None and snapshot is not None:
             cache.restore(snapshot)
             start = anchor.high_watermark + 1

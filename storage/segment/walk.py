@@ -10,12 +10,16 @@ Rules of this module:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
 
 from ringtape.storage.format.frame import (
-    FRAME_HEADER_SIZE,
+    FRAME_HEADER_SIZE_V1,
+    FRAME_HEADER_SIZES,
     FRAME_MAGIC,
+    FRAME_MAGIC_V1,
+    FRAME_MAGICS,
+    MAX_FRAME_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
     ChecksumError,
@@ -70,15 +74,42 @@ def _plausible_prefix(data: bytes | memoryview, magic: bytes, zero_spans: Sequen
     return not any(any(data[s]) for s in zero_spans)
 
 
-# Fields of a frame header that are fixed whatever the frame: flags, reserved u16, reserved u32.
+# Fields of a frame header that are fixed whatever the frame: flags, reserved u16, reserved u32
+# (the same in both versions).
 _FRAME_ZERO_FIELDS: Final = (slice(5, 8), slice(20, 24))
 
+_V2_MAGICS: Final[tuple[bytes, ...]] = (FRAME_MAGIC,)
 
-def next_frame(f: SegmentFile, pos: int, *, skip_before: int = 0) -> Step | None:
+# Whether a reader can do without a frame's stored bytes, from its header alone.
+SkipFrame = Callable[[FrameHeader], bool]
+
+
+def _expected_layout(
+    view: bytes | memoryview, version: int | None
+) -> tuple[int, tuple[bytes, ...]]:
+    """The header size and magics a frame at a position may have: the segment's version says
+    (``None``: its header is damaged, so either version, by what the bytes start with)."""
+    if version is not None:
+        return FRAME_HEADER_SIZES[version], (FRAME_MAGICS[version],)
+    if bytes(view[:4]) == FRAME_MAGIC:
+        return MAX_FRAME_HEADER_SIZE, (FRAME_MAGIC,)
+    return FRAME_HEADER_SIZE_V1, (FRAME_MAGIC_V1, FRAME_MAGIC)
+
+
+def next_frame(
+    f: SegmentFile,
+    pos: int,
+    *,
+    skip_before: int = 0,
+    version: int | None = None,
+    skip: SkipFrame | None = None,
+) -> Step | None:
     """Read the frame at ``pos``: ``None`` at a clean end of file, else what is there.
 
-    A frame whose seqs all lie before ``skip_before`` is returned on its header alone, its
-    stored bytes neither read nor checked (``stored`` empty): a reader skipping ahead.
+    ``version`` is the segment header's (``None`` when it is damaged: either layout is taken).
+    A frame whose seqs all lie before ``skip_before``, or for which ``skip(header)`` is true, is
+    returned on its header alone, its stored bytes neither read nor checked (``stored`` empty):
+    a reader skipping ahead, or past frames its filters rule out.
 
     Torn (an append cut short by a crash) when, from ``pos``:
       * the bytes up to where the file's trailing zeros begin are fewer than a frame header
@@ -93,10 +124,14 @@ def next_frame(f: SegmentFile, pos: int, *, skip_before: int = 0) -> Step | None
     rest = f.size - pos
     if rest <= 0:
         return None
-    view = f.read(pos, FRAME_HEADER_SIZE)
+    view = f.read(pos, MAX_FRAME_HEADER_SIZE)
+    if version == 2:
+        size, magics = MAX_FRAME_HEADER_SIZE, _V2_MAGICS
+    else:
+        size, magics = _expected_layout(view, version)
     header: FrameHeader | None = None
     reason = f"only {len(view)} bytes left for a frame header"
-    if len(view) == FRAME_HEADER_SIZE:
+    if len(view) >= size:
         try:
             header = decode_frame_header(view)
         except ChecksumError as exc:
@@ -105,8 +140,8 @@ def next_frame(f: SegmentFile, pos: int, *, skip_before: int = 0) -> Step | None
             return Broken(pos, f"frame header: {exc}")
     if header is None:
         written = max(0, f.zero_tail_start() - pos)
-        if written < FRAME_HEADER_SIZE and _plausible_prefix(
-            view[:written], FRAME_MAGIC, _FRAME_ZERO_FIELDS
+        if written < size and any(
+            _plausible_prefix(view[:written], magic, _FRAME_ZERO_FIELDS) for magic in magics
         ):
             if written == 0:
                 return Torn(pos, None, f"{rest} zero bytes to the end of the file")
@@ -114,7 +149,11 @@ def next_frame(f: SegmentFile, pos: int, *, skip_before: int = 0) -> Step | None
                 pos, None, f"{written} bytes of a frame header, then {rest - written} zero bytes"
             )
         return Broken(pos, f"frame header: {reason}")
-    raw_header = bytes(view)
+    if version is not None and header.version != version:
+        return Broken(
+            pos, f"frame header: a version {header.version} frame in a version {version} segment"
+        )
+    raw_header = bytes(view[: header.header_size])
     end = pos + header.size
     if end > f.size:
         return Torn(
@@ -122,9 +161,9 @@ def next_frame(f: SegmentFile, pos: int, *, skip_before: int = 0) -> Step | None
             header,
             f"frame of {header.size} bytes runs {end - f.size} bytes past the end of the file",
         )
-    if header.last_seq < skip_before:
+    if header.last_seq < skip_before or (skip is not None and skip(header)):
         return FrameAt(pos, header, raw_header, memoryview(b""), True)
-    stored = f.read(pos + FRAME_HEADER_SIZE, header.stored_len)
+    stored = f.read(pos + header.header_size, header.stored_len)
     if checksum(stored) == header.data_checksum:
         return FrameAt(pos, header, raw_header, stored, True)
     zeros = f.zero_tail_start()
@@ -162,18 +201,26 @@ def read_segment_header(f: SegmentFile) -> SegmentHeader | Torn | Broken:
     return Broken(0, f"segment header: {reason}")
 
 
+_MAGIC_STEM: Final = FRAME_MAGIC[:3]  # both versions' magics start RTF
+assert FRAME_MAGIC_V1[:3] == _MAGIC_STEM
+
+
 def resync(f: SegmentFile, start: int) -> tuple[int, FrameHeader] | None:
-    """The first offset at or after ``start`` holding a frame header that checks out."""
+    """The first offset at or after ``start`` holding a frame header (of either version) that
+    checks out."""
     pos = start
-    while pos + FRAME_HEADER_SIZE <= f.size:
-        chunk = bytes(f.read(pos, WINDOW + FRAME_HEADER_SIZE))
-        i = chunk.find(FRAME_MAGIC)
-        limit = len(chunk) - FRAME_HEADER_SIZE
+    while pos + FRAME_HEADER_SIZE_V1 <= f.size:
+        chunk = bytes(f.read(pos, WINDOW + MAX_FRAME_HEADER_SIZE))
+        i = chunk.find(_MAGIC_STEM)
+        # Past this, a header could be cut by the chunk's end: look at it from the next chunk.
+        limit = len(chunk) - MAX_FRAME_HEADER_SIZE
+        if pos + len(chunk) >= f.size:
+            limit = len(chunk) - FRAME_HEADER_SIZE_V1
         while 0 <= i <= limit:
             try:
                 return pos + i, decode_frame_header(chunk, i)
             except FormatError:
-                i = chunk.find(FRAME_MAGIC, i + 1)
+                i = chunk.find(_MAGIC_STEM, i + 1)
         if limit < 0 or pos + len(chunk) >= f.size:
             return None
         pos += limit + 1

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from ringtape.storage.format.frame import FrameEncoder, build_body, encode_segment_header
+from ringtape.storage.format.frame import (
+    FORMAT_VERSION,
+    FrameEncoder,
+    build_body,
+    encode_segment_header,
+)
+from ringtape.storage.format.frame_index import UNKNOWN, FrameIndex, frame_index
 from ringtape.storage.run.layout import create_private_file, fsync_dir, segment_name
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -40,6 +46,7 @@ class SegmentWriter:
         max_segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         compression_level: int = 1,
         write_guard: WriteGuard | None = None,
+        format_version: int = FORMAT_VERSION,
     ) -> None:
         if max_segment_bytes < 4096:
             raise ValueError(f"max_segment_bytes must be >= 4096, got {max_segment_bytes}")
@@ -48,7 +55,8 @@ class SegmentWriter:
         self._stream = stream
         self._kind = stream_kind
         self._max = max_segment_bytes
-        self._encoder = FrameEncoder(compression_level)
+        self._version = format_version
+        self._encoder = FrameEncoder(compression_level, version=format_version)
         self._guard = write_guard
         self._fd = -1
         self._index = -1
@@ -73,7 +81,13 @@ class SegmentWriter:
         self._index += 1
         path = self._run_dir / segment_name(self._stream, self._index)
         header = encode_segment_header(
-            self._kind, self._index, first_seq, self._link, time.time_ns(), self._run_id
+            self._kind,
+            self._index,
+            first_seq,
+            self._link,
+            time.time_ns(),
+            self._run_id,
+            self._version,
         )
         fd = create_private_file(path)
         try:
@@ -99,15 +113,24 @@ class SegmentWriter:
         entries: bytes | bytearray | memoryview,
         offsets: npt.NDArray[np.int64],
         first_seq: int,
+        index: FrameIndex | None = None,
     ) -> int:
         """Compress and append one frame; returns its size. Frames are buffered and written
         together by ``flush()`` (one system call for a group); nothing is durable until sync().
+
+        ``index`` (the frame's ``ts_init`` and topic key bounds) is computed here when not
+        given; a caller that has already gathered the record headers of a whole batch may pass
+        it (``frame_index.batch_indexes`` gives it for many frames at once).
         """
         if self._fd < 0 or self._size >= self._max:
             self.flush()
             self._open_next(first_seq)
         body = build_body(entries, offsets)
-        frame, self._link = self._encoder.encode(body, len(offsets), first_seq, self._link)
+        if self._version == 1:
+            index = UNKNOWN
+        elif index is None:
+            index = frame_index(body, offsets)
+        frame, self._link = self._encoder.encode(body, len(offsets), first_seq, self._link, index)
         self._pending.append(frame)
         self._pending_bytes += len(frame)
         if self._pending_bytes >= FLUSH_BYTES:

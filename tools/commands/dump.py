@@ -1,92 +1,69 @@
 """``ringtape dump RUN``: a run's entries (or its marker records) as JSON lines, streamed.
 
-One object per line, in seq order::
-
-    {"seq": 42, "ts_init": ..., "ts_publish": ..., "topic": "events.order.filled",
-     "payload_type": "OrderFilled", "correlation_id": null, "causation_id": null,
-     "encoding": "json", "payload": {...}}
-
-``encoding`` is ``"json"`` when the payload is UTF-8 JSON (``payload`` is then that JSON
-value) and ``"base64"`` otherwise (``payload`` is then a base64 string). Every frame is
-checked on the way (``storage/read/reader.py``); the dump stops at the first damage, exit
-status 1.
+The line format is ``tools/jsonlines.py``'s. Every frame is checked on the way
+(``storage/read/reader.py``); the dump stops at the first damage, exit status 1. Frames that a
+time window or a topic glob rules out are skipped on their headers (format version 2's frame
+index), so ``--since`` the last minute of a long run reads little more than its headers. A long
+dump draws a progress bar on stderr when stderr is a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import fnmatch
 import json
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, BinaryIO, Final
 
-from ringtape.storage.format.entry import Entry
+from ringtape.storage.read.columns import iter_columns
 from ringtape.storage.read.markers import iter_marker_records
-from ringtape.storage.read.reader import CorruptionError, iter_entries
-from ringtape.storage.run.layout import MANIFEST_NAME, list_segments
+from ringtape.storage.read.reader import CorruptionError, Progress
+from ringtape.storage.run.layout import list_segments
 from ringtape.storage.run.manifest import ManifestError, read_manifest
 from ringtape.tools.arguments import EXIT_FINDINGS, EXIT_OK
-from ringtape.tools.common import CliError, check_path
+from ringtape.tools.common import CliError, byte_progress, progress_wanted, run_dir_arg
+from ringtape.tools.jsonlines import LineEncoder
 
-# Lines are written in batches: one write per batch rather than per entry.
+# Marker lines are written in batches: one write per batch rather than per record.
 _BATCH: Final = 512
-
-
-def _no_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON; such a payload is dumped as base64.
-    raise ValueError(f"{name} is not JSON")
-
-
-# Built once: json.loads/dumps with options would build one per entry.
-_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def payload_fields(payload: bytes) -> dict[str, Any]:
-    """``encoding`` and ``payload``: the JSON value of a UTF-8 JSON payload, else base64."""
-    if payload:
-        try:
-            value = _DECODER.decode(payload.decode("utf-8"))
-            return {"encoding": "json", "payload": value}
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            pass
-    return {"encoding": "base64", "payload": base64.b64encode(payload).decode("ascii")}
-
-
-def entry_to_dict(entry: Entry) -> dict[str, Any]:
-    """The JSON-lines object of one entry."""
-    return {
-        "seq": entry.seq,
-        "ts_init": entry.ts_init,
-        "ts_publish": entry.ts_publish,
-        "topic": entry.topic,
-        "payload_type": entry.payload_type,
-        "correlation_id": None if entry.correlation_id is None else str(entry.correlation_id),
-        "causation_id": None if entry.causation_id is None else str(entry.causation_id),
-        **payload_fields(entry.payload),
-    }
 
 
 def _in_time(ts: int, args: argparse.Namespace) -> bool:
     return (args.since is None or ts >= args.since) and (args.until is None or ts <= args.until)
 
 
-def _entries(run_dir: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    topic = args.topic
-    start = args.from_seq
-    if start is None:  # retention may have reclaimed the start of the run
-        try:
-            start = read_manifest(run_dir).retained_from_seq
-        except ManifestError:
-            start = 1
-    for entry in iter_entries(run_dir, from_seq=start, to_seq=args.to_seq):
-        if topic is not None and not fnmatch.fnmatchcase(entry.topic, topic):
-            continue
-        if _in_time(entry.ts_init, args):
-            yield entry_to_dict(entry)
+def first_seq(run_dir: Path, requested: int | None) -> int:
+    """``requested``, else the first seq retention kept."""
+    if requested is not None:
+        return requested
+    try:
+        return read_manifest(run_dir).retained_from_seq
+    except ManifestError:
+        return 1
+
+
+def write_entries(
+    run_dir: Path, args: argparse.Namespace, out: BinaryIO, progress: Progress | None
+) -> None:
+    """Write the wanted entries as JSON lines, a batch of frames at a time; what was read
+    before a failure is written before the failure propagates."""
+    topics = args.topic
+    encoder = LineEncoder(topics)
+    for cols in iter_columns(
+        run_dir,
+        from_seq=first_seq(run_dir, args.from_seq),
+        to_seq=args.to_seq,
+        since=args.since,
+        until=args.until,
+        topics=topics,
+        progress=progress,
+    ):
+        lines = encoder.lines(cols)
+        if lines:
+            lines.append(b"")
+            out.write(b"\n".join(lines))
 
 
 def _markers(run_dir: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
@@ -101,7 +78,7 @@ def _markers(run_dir: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]
             yield rec
 
 
-def write_lines(objects: Iterable[dict[str, Any]], out: TextIO) -> None:
+def write_lines(objects: Iterable[dict[str, Any]], out: BinaryIO) -> None:
     """Write one JSON object per line, a batch at a time; what was read before a failure is
     written before the failure propagates."""
     batch: list[str] = []
@@ -109,20 +86,21 @@ def write_lines(objects: Iterable[dict[str, Any]], out: TextIO) -> None:
         for obj in objects:
             batch.append(_ENCODER.encode(obj))
             if len(batch) >= _BATCH:
-                out.write("\n".join(batch) + "\n")
+                out.write(("\n".join(batch) + "\n").encode())
                 batch.clear()
     finally:
         if batch:
-            out.write("\n".join(batch) + "\n")
-        out.flush()
+            out.write(("\n".join(batch) + "\n").encode())
 
 
-def _check_run_dir(text: str) -> Path:
-    path = check_path(text, want_dir=True)
-    has_segments = list_segments(path, "events") or list_segments(path, "markers")
-    if not (path / MANIFEST_NAME).exists() and not has_segments:
-        raise CliError(f"{text}: not a run directory (no manifest.json, no segment files)")
-    return path
+def _stream_bytes(run_dir: Path, stream: str) -> int:
+    total = 0
+    for path in list_segments(run_dir, stream):
+        try:
+            total += path.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,14 +108,32 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--to-seq {args.to_seq} is before --from-seq {args.from_seq}")
     if args.markers and args.topic is not None:
         raise CliError("--topic does not apply to --markers (marker records have no topic)")
-    run_dir = _check_run_dir(args.run)
-    source = _markers(run_dir, args) if args.markers else _entries(run_dir, args)
+    run_dir = run_dir_arg(args.run, args.run_id)
+    out = sys.stdout.buffer
     try:
-        write_lines(source, sys.stdout)
+        if args.markers:
+            write_lines(_markers(run_dir, args), out)
+        else:
+            with byte_progress("dumping", progress_wanted(False)) as bar:
+                progress = None
+                if bar is not None:
+                    total, done = _stream_bytes(run_dir, "events"), [0]
+
+                    def progress(n: int) -> None:
+                        done[0] += n
+                        bar(done[0], total)
+
+                write_entries(run_dir, args, out, progress)
     except CorruptionError as exc:
-        sys.stdout.flush()
+        out.flush()
         print(f"ringtape: dump stopped at damage: {exc.finding}", file=sys.stderr)
+        return EXIT_FINDINGS
+    except UnicodeDecodeError as exc:  # records that check out but hold a topic not in UTF-8
+        out.flush()
+        print(f"ringtape: dump stopped at damage: text that is not UTF-8 ({exc})", file=sys.stderr)
         return EXIT_FINDINGS
     except ValueError as exc:  # a range before what retention kept
         raise CliError(str(exc)) from None
+    finally:
+        out.flush()
     return EXIT_OK

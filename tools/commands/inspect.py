@@ -36,6 +36,7 @@ from ringtape.tools.common import (
     format_seq_range,
     format_ts,
     human_bytes,
+    not_a_segment,
     table,
 )
 
@@ -71,7 +72,10 @@ class StreamTotals:
                 self.stopped = self.stopped or f"{path.name}: bad or torn segment header"
                 return
             pos = SEGMENT_HEADER_SIZE
-            while (step := next_frame(f, pos, skip_before=_HEADERS_ONLY)) is not None:
+            version = header.version
+            while (
+                step := next_frame(f, pos, skip_before=_HEADERS_ONLY, version=version)
+            ) is not None:
                 if isinstance(step, Torn | Broken):
                     what = "torn tail" if isinstance(step, Torn) else "damage"
                     if self.stopped is None:
@@ -92,6 +96,7 @@ class RunRow:
     """What ``inspect`` says about one run (or one loose segment file)."""
 
     run_id: str
+    instance_id: str | None
     path: str
     parent_run_id: str | None
     status: str | None
@@ -163,6 +168,7 @@ def describe_run(run_dir: Path) -> RunRow:
     raw = events.raw_bytes + markers.raw_bytes
     return RunRow(
         run_id=run_dir.name,
+        instance_id=None if manifest is None else manifest.instance_id,
         path=str(run_dir),
         parent_run_id=None if manifest is None else manifest.parent_run_id,
         status=None if manifest is None else str(manifest.status),
@@ -234,6 +240,7 @@ def describe_segment(path: Path) -> RunRow:
     is_markers = m is not None and m.group(1) == "markers"
     return RunRow(
         run_id=run_id,
+        instance_id=None,
         path=str(path),
         parent_run_id=None,
         status=None,
@@ -256,6 +263,8 @@ def describe_segment(path: Path) -> RunRow:
 
 def collect(path: Path) -> list[RunRow]:
     """Rows for everything under ``path``; ``CliError`` when there is nothing to describe."""
+    if path.is_file() and (why := not_a_segment(path)) is not None:
+        raise CliError(f"nothing to inspect: {why}")
     runs, loose, findings = find_runs(path)
     if not runs and not loose:
         why = findings[0].detail if findings else "no runs found"
@@ -281,12 +290,13 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return EXIT_OK
     columns = [
-        "RUN", "PARENT", "STATUS", "STARTED (UTC)", "ENDED (UTC)", "ENTRIES", "SEQ", "SEGMENTS",
-        "DISK", "RATIO", "ANCHORS", "MARKERS",
+        "RUN", "INSTANCE", "PARENT", "STATUS", "STARTED (UTC)", "ENDED (UTC)", "ENTRIES", "SEQ",
+        "SEGMENTS", "DISK", "RATIO", "ANCHORS", "MARKERS", "PATH",
     ]  # fmt: skip
     cells = [
         [
             row.path if row.status is None and row.path.endswith(".seg") else row.run_id,
+            row.instance_id or "-",
             row.parent_run_id or "-",
             _status_cell(row),
             format_ts(row.start_ts_init),
@@ -298,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
             format_ratio(row.compression_ratio),
             str(row.anchors),
             _markers_cell(row.markers),
+            row.path,
         ]
         for row in rows
     ]

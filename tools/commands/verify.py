@@ -25,6 +25,7 @@ from ringtape.tools.common import (
     format_ratio,
     format_seq_range,
     human_bytes,
+    not_a_segment,
     progress_wanted,
     table,
 )
@@ -33,6 +34,8 @@ from ringtape.tools.verify_pool import scanner
 
 def run(args: argparse.Namespace) -> int:
     path = check_path(args.path)
+    if path.is_file() and (why := not_a_segment(path)) is not None:
+        raise CliError(why)
     jobs = choose_jobs(path, args.jobs)
     with byte_progress("verifying", progress_wanted(args.json)) as progress:
         report = verify_path(path, scan=scanner(jobs), progress=progress)

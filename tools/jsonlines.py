@@ -1,0 +1,175 @@
+"""Entries as JSON lines, a batch of columns at a time: what ``dump`` and ``tail`` print.
+
+One object per line, in seq order::
+
+    {"seq":42,"ts_init":…,"ts_publish":…,"topic":"events.order.filled",
+     "payload_type":"OrderFilled","correlation_id":null,"causation_id":null,
+     "encoding":"json","payload":{…}}
+
+``encoding`` is ``"json"`` when the payload is UTF-8 JSON (``payload`` is then that JSON
+value) and ``"base64"`` otherwise (``payload`` is then a base64 string; an empty payload is
+``""``, base64). NaN and Infinity are not JSON: such a payload is base64.
+
+Rules of this module:
+
+1. A JSON payload is written as recorded, not parsed and re-encoded: it is checked to be one
+   valid JSON value (``orjson`` when installed, else the standard library; the standard library
+   has the last word when ``orjson`` refuses, so the output does not depend on which is there),
+   and only a payload holding a raw line break (whitespace between tokens) is re-encoded, so
+   that each object stays on one line. This is what makes a dump fast: parsing and encoding
+   every payload costs more than everything else together.
+2. The fixed fields come from numpy columns (``storage/read/columns.py``); the only loop per
+   entry is the one that formats the line.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from ringtape.storage.format.entry import FLAG_CAUSATION, FLAG_CORRELATION
+from ringtape.storage.read.columns import Columns
+
+try:
+    import orjson
+
+    _fast_loads: Callable[[bytes], Any] | None = orjson.loads
+    _FastError: type[Exception] = orjson.JSONDecodeError
+except ImportError:  # pragma: no cover - orjson is a dependency; kept for bare installs
+    _fast_loads = None
+    _FastError = ValueError
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Built once: json.loads/dumps with options would build one per entry.
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+_LINE: Final = (
+    b'{"seq":%d,"ts_init":%d,"ts_publish":%d,"topic":%b,"payload_type":%b,'
+    b'"correlation_id":%b,"causation_id":%b,"encoding":"%b","payload":%b}'
+)
+_NULL: Final = b"null"
+
+
+def _stdlib_value(payload: bytes) -> Any:
+    """The JSON value of a UTF-8 JSON payload (``ValueError`` if it is not one)."""
+    return _DECODER.decode(payload.decode("utf-8"))
+
+
+def payload_json(payload: bytes) -> tuple[bytes, bytes]:
+    """``(encoding, payload field)`` of one payload, as JSON bytes (rule 1)."""
+    if payload:
+        valid = False
+        if _fast_loads is not None:
+            try:
+                _fast_loads(payload)
+                valid = True
+            except (_FastError, RecursionError):
+                pass
+        if not valid:
+            try:
+                _stdlib_value(payload)
+                valid = True
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                pass
+        if valid:
+            if b"\n" not in payload and b"\r" not in payload:
+                return b"json", payload
+            return b"json", _ENCODER.encode(_stdlib_value(payload)).encode()
+    return b"base64", b'"' + base64.b64encode(payload) + b'"'
+
+
+def _text(raw: bytes) -> bytes:
+    return _ENCODER.encode(raw.decode("utf-8")).encode()
+
+
+def _uuid(raw: bytes) -> bytes:
+    return b'"' + str(uuid.UUID(bytes=raw)).encode() + b'"'
+
+
+_HEAD: Final = b'{"seq":%d,"ts_init":%d,"ts_publish":%d%b%b}'
+_JSON_TAIL: Final = b',"encoding":"json","payload":'
+
+
+class LineEncoder:
+    """Formats columns as JSON lines, matching topics against globs (each distinct topic once)."""
+
+    def __init__(self, topics: Sequence[str] | None = None) -> None:
+        self.globs = None if topics is None else list(topics)
+        # topic + payload_type bytes -> (topic_len, the line's middle for a JSON payload
+        # without ids, topic JSON, type JSON, wanted); the length tells "ab"+"c" from "a"+"bc".
+        self._names: dict[bytes, tuple[int, bytes, bytes, bytes, bool]] = {}
+
+    def _name(self, key: bytes, topic_len: int) -> tuple[int, bytes, bytes, bytes, bool]:
+        topic = key[:topic_len]
+        wanted = self.globs is None or any(
+            fnmatch.fnmatchcase(topic.decode("utf-8"), g) for g in self.globs
+        )
+        t, pt = _text(topic), _text(key[topic_len:])
+        middle = b',"topic":%b,"payload_type":%b,"correlation_id":null,"causation_id":null' % (
+            t,
+            pt,
+        )
+        found = (topic_len, middle + _JSON_TAIL, t, pt, wanted)
+        self._names[key] = found
+        return found
+
+    def lines(self, cols: Columns) -> list[bytes]:
+        """The JSON lines (without line breaks) of the wanted entries of ``cols``.
+
+        Text that is not UTF-8 raises ``UnicodeDecodeError`` (the records checked out, so it
+        would be a writer's bug, reported as such by the caller)."""
+        data = cols.buf.tobytes()
+        out: list[bytes] = []
+        append = out.append
+        names = self._names
+        loads, fast_error = _fast_loads, _FastError
+        head = _HEAD
+        fields = zip(
+            cols.seq.tolist(),
+            cols.ts_init.tolist(),
+            cols.ts_publish.tolist(),
+            cols.topic_start.tolist(),
+            cols.topic_len.tolist(),
+            cols.type_len.tolist(),
+            cols.flags.tolist(),
+            cols.payload_start.tolist(),
+            cols.payload_len.tolist(),
+            strict=True,
+        )
+        for seq, ts_init, ts_publish, t0, tlen, plen_type, flags, p0, plen in fields:
+            key = data[t0 : t0 + tlen + plen_type]
+            name = names.get(key)
+            if name is None or name[0] != tlen:
+                name = self._name(key, tlen)
+            if not name[4]:
+                continue
+            payload = data[p0 : p0 + plen]
+            if not flags and loads is not None:
+                try:
+                    loads(payload)
+                    if b"\n" not in payload and b"\r" not in payload:
+                        append(head % (seq, ts_init, ts_publish, name[1], payload))
+                        continue
+                except (fast_error, RecursionError):
+                    pass
+            corr = cause = _NULL
+            if flags:
+                at = t0 + tlen + plen_type
+                if flags & FLAG_CORRELATION:
+                    corr, at = _uuid(data[at : at + 16]), at + 16
+                if flags & FLAG_CAUSATION:
+                    cause = _uuid(data[at : at + 16])
+            encoding, body = payload_json(payload)
+            append(
+                _LINE % (seq, ts_init, ts_publish, name[2], name[3], corr, cause, encoding, body)
+            )
+        return out
