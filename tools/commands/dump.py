@@ -7,7 +7,9 @@ One object per line, in seq order::
      "encoding": "json", "payload": {...}}
 
 ``encoding`` is ``"json"`` when the payload is UTF-8 JSON (``payload`` is then that JSON
-value) and ``"base64"`` otherwise (``payload`` is then a base64 string). Every frame is
+value), ``"msgpack"`` when it is a msgpack map that JSON can show (``payload`` is then its
+value; needs msgspec, from ``ringtape[nautilus]``), and ``"base64"`` otherwise (``payload`` is
+then a base64 string). Every frame is
 checked on the way (``storage/read/reader.py``); the dump stops at the first damage, exit
 status 1.
 """
@@ -18,6 +20,7 @@ import argparse
 import base64
 import fnmatch
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -40,19 +43,58 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# msgpack payloads are shown as JSON when msgspec is there (the nautilus extra brings it).
+try:
+    from msgspec import msgpack as _msgpack
+except ImportError:  # pragma: no cover - msgspec comes with ringtape[nautilus]
+    _msgpack = None  # type: ignore[assignment]
+_MSGPACK_MAP_LEADS: Final = frozenset([*range(0x81, 0x90), 0xDE, 0xDF])  # non-empty maps
+
 # Built once: json.loads/dumps with options would build one per entry.
 _DECODER: Final = json.JSONDecoder(parse_constant=_no_constant)
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
+def _json_safe(value: Any) -> bool:
+    """Whether a decoded msgpack value says the same thing as JSON (no bytes, no NaN)."""
+    if isinstance(value, str | bool | int) or value is None:
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_json_safe(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_safe(v) for k, v in value.items())
+    return False
+
+
+def _msgpack_value(payload: bytes) -> Any:
+    """The value of a payload that is one whole msgpack map with string keys (what a
+    NautilusTrader message bus under ``MessageBusConfig(encoding="msgpack")`` writes), else
+    ``None``. A lone scalar is not taken for msgpack: almost any byte is one."""
+    if _msgpack is None or not payload or payload[0] not in _MSGPACK_MAP_LEADS:
+        return None
+    try:
+        value = _msgpack.decode(payload)
+    except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
+        return None
+    if isinstance(value, dict) and value and _json_safe(value):
+        return value
+    return None
+
+
 def payload_fields(payload: bytes) -> dict[str, Any]:
-    """``encoding`` and ``payload``: the JSON value of a UTF-8 JSON payload, else base64."""
+    """``encoding`` and ``payload``: the JSON value of a UTF-8 JSON payload, the value of a
+    msgpack map (``"encoding": "msgpack"``, when msgspec is installed), else base64."""
     if payload:
         try:
             value = _DECODER.decode(payload.decode("utf-8"))
             return {"encoding": "json", "payload": value}
         except (UnicodeDecodeError, ValueError, RecursionError):
             pass
+        value = _msgpack_value(payload)
+        if value is not None:
+            return {"encoding": "msgpack", "payload": value}
     return {"encoding": "base64", "payload": base64.b64encode(payload).decode("ascii")}
 
 
