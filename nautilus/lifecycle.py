@@ -23,6 +23,7 @@ from typing import Final
 import msgspec
 
 from ringtape.nautilus.encoding import PayloadEncoding
+from ringtape.nautilus.payload import struct_reader
 
 STARTS: Final = frozenset({"STARTING", "RUNNING"})
 ENDS_RUN: Final = frozenset({"DISPOSED", "RESETTING"})
@@ -44,6 +45,4 @@ class ComponentState(msgspec.Struct):
 
 def state_reader(encoding: PayloadEncoding) -> Callable[[bytes], ComponentState]:
     """A decoder of :class:`ComponentState` for payloads in ``encoding``."""
-    codec = msgspec.msgpack if encoding.format == "msgpack" else msgspec.json
-    decoder: msgspec.json.Decoder[ComponentState] | msgspec.msgpack.Decoder[ComponentState] = codec.Decoder(ComponentState)
-    return decoder.decode
+    return struct_reader(ComponentState, encoding)

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
 from ringtape.nautilus.encoding import PayloadEncoding
 
 TypeName = Callable[[bytes], str]
+S = TypeVar("S", bound=msgspec.Struct)
 
 _JSON_PREFIX: Final = b'{"type":"'
 _MSGPACK_TYPE_KEY: Final = b"\xa4type"
@@ -120,18 +121,21 @@ def type_name_reader(encoding: PayloadEncoding) -> TypeName:
     return msgpack_type_name if encoding.format == "msgpack" else json_type_name
 
 
+def struct_reader(kind: type[S], encoding: PayloadEncoding) -> Callable[[bytes], S]:
+    """A decoder of the struct ``kind`` for payloads in ``encoding`` (other keys skipped)."""
+    if encoding.format == "msgpack":
+        return msgspec.msgpack.Decoder(kind).decode
+    return msgspec.json.Decoder(kind).decode
+
+
 def data_header_reader(encoding: PayloadEncoding) -> Callable[[bytes], DataHeader]:
     """A decoder of :class:`DataHeader` for payloads in ``encoding``."""
-    codec = msgspec.msgpack if encoding.format == "msgpack" else msgspec.json
-    decoder: msgspec.json.Decoder[DataHeader] | msgspec.msgpack.Decoder[DataHeader] = codec.Decoder(DataHeader)
-    return decoder.decode
+    return struct_reader(DataHeader, encoding)
 
 
 def instrument_header_reader(encoding: PayloadEncoding) -> Callable[[bytes], InstrumentHeader]:
     """A decoder of :class:`InstrumentHeader` for payloads in ``encoding``."""
-    codec = msgspec.msgpack if encoding.format == "msgpack" else msgspec.json
-    decoder: msgspec.json.Decoder[InstrumentHeader] | msgspec.msgpack.Decoder[InstrumentHeader] = codec.Decoder(InstrumentHeader)
-    return decoder.decode
+    return struct_reader(InstrumentHeader, encoding)
 
 
 def to_ns(value: int | str | None) -> int:
