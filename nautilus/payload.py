@@ -1,24 +1,24 @@
 """Reading the few fields ringtape needs out of a serialised NautilusTrader payload, cheaply.
 
-Every object NautilusTrader publishes serialises as a map whose first key is ``"type"`` (the
-class name), in JSON (``{"type":"QuoteTick",…``) or msgpack (a map header, ``\\xa4type``,
-then the name). :func:`json_type_name` and :func:`msgpack_type_name` slice the name out of
-those first bytes without decoding the rest; anything else (a published dict with ``type``
-elsewhere, an escaped name) falls back to a decode of that one key, and a payload with no
-string ``type`` (a primitive, raw bytes) has the type name ``""``.
+Every object NautilusTrader publishes serialises as a map with a ``"type"`` key (the class
+name), in JSON or msgpack. ``msgspec`` decodes a payload into a struct that names only the
+keys wanted and skips the rest without building them: the type name costs about a quarter of a
+microsecond (a hand-written slice of the first bytes measured four times slower). A payload
+with no string ``type`` (a primitive, raw bytes, a published list) has the type name ``""``.
 
-Market data needs more: the instrument, ``ts_event`` and ``ts_init``. :class:`DataHeader` is a
-``msgspec`` struct of just those keys, so decoding skips the prices and sizes. Timestamps are
-integers, integer strings or ISO 8601 strings (``encoding.PayloadEncoding``):
+Market data needs more: the instrument, ``ts_event`` and ``ts_init`` (:class:`DataHeader`).
+Timestamps are integers, integer strings or ISO 8601 strings (``encoding.PayloadEncoding``):
 :func:`to_ns` turns each into nanoseconds. ``OrderBookDeltas`` carries its timestamps in its
 deltas; the last delta's are the message's (as NautilusTrader's own ``OrderBookDeltas`` does).
+The structs are not tracked by the garbage collector (``gc=False``): they hold no cycles, and
+a tracked allocation per message would make collections of a big heap more frequent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Final, TypeVar
+from typing import TypeVar
 
 import msgspec
 
@@ -27,21 +27,17 @@ from ringtape.nautilus.encoding import PayloadEncoding
 TypeName = Callable[[bytes], str]
 S = TypeVar("S", bound=msgspec.Struct)
 
-_JSON_PREFIX: Final = b'{"type":"'
-_MSGPACK_TYPE_KEY: Final = b"\xa4type"
-_NAME_LIMIT: Final = 256  # type names are class names: anything longer is not one
 
-
-class _TypeOnly(msgspec.Struct):
+class _TypeOnly(msgspec.Struct, gc=False):
     type: str = ""
 
 
-class _Timestamps(msgspec.Struct):
+class _Timestamps(msgspec.Struct, gc=False):
     ts_event: int | str = 0
     ts_init: int | str = 0
 
 
-class DataHeader(msgspec.Struct):
+class DataHeader(msgspec.Struct, gc=False):
     """The keys of a market-data payload that data markers need."""
 
     type: str = ""
@@ -59,7 +55,7 @@ class DataHeader(msgspec.Struct):
         return to_ns(self.ts_event), to_ns(self.ts_init)
 
 
-class InstrumentHeader(msgspec.Struct):
+class InstrumentHeader(msgspec.Struct, gc=False):
     """The id of a serialised instrument (its ``id`` key) or of an order event's instrument."""
 
     type: str = ""
@@ -67,58 +63,17 @@ class InstrumentHeader(msgspec.Struct):
     instrument_id: str = ""
 
 
-_JSON_TYPE: Final = msgspec.json.Decoder(_TypeOnly)
-_MSGPACK_TYPE: Final = msgspec.msgpack.Decoder(_TypeOnly)
-
-
-def _decoded_type_name(decode: Callable[[bytes], _TypeOnly], payload: bytes) -> str:
-    try:
-        return decode(payload).type
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return ""
-
-
-def json_type_name(payload: bytes) -> str:
-    """The ``type`` of a JSON payload (``""`` when it has none)."""
-    if payload.startswith(_JSON_PREFIX):
-        end = payload.find(b'"', 9, 9 + _NAME_LIMIT)
-        if end > 9:
-            name = payload[9:end]
-            if b"\\" not in name:
-                return name.decode("utf-8", "replace")
-    return _decoded_type_name(_JSON_TYPE.decode, payload)
-
-
-def msgpack_type_name(payload: bytes) -> str:
-    """The ``type`` of a msgpack payload (``""`` when it has none)."""
-    lead = payload[0] if payload else 0
-    if 0x80 <= lead <= 0x8F:  # fixmap
-        at = 1
-    elif lead == 0xDE:  # map 16
-        at = 3
-    elif lead == 0xDF:  # map 32
-        at = 5
-    else:
-        return _decoded_type_name(_MSGPACK_TYPE.decode, payload)
-    if payload[at : at + 5] == _MSGPACK_TYPE_KEY and len(payload) > at + 5:
-        tag = payload[at + 5]
-        if 0xA0 <= tag <= 0xBF:  # fixstr
-            start, size = at + 6, tag & 0x1F
-        elif tag == 0xD9 and len(payload) > at + 6:  # str 8
-            start, size = at + 7, payload[at + 6]
-        else:
-            start, size = 0, -1
-        if size > 0 and start + size <= len(payload):
-            try:
-                return payload[start : start + size].decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-    return _decoded_type_name(_MSGPACK_TYPE.decode, payload)
-
-
 def type_name_reader(encoding: PayloadEncoding) -> TypeName:
-    """The type-name function for payloads in ``encoding``."""
-    return msgpack_type_name if encoding.format == "msgpack" else json_type_name
+    """The type-name function for payloads in ``encoding`` (``""`` when there is none)."""
+    decode = struct_reader(_TypeOnly, encoding)
+
+    def type_name(payload: bytes) -> str:
+        try:
+            return decode(payload).type
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return ""
+
+    return type_name
 
 
 def struct_reader(kind: type[S], encoding: PayloadEncoding) -> Callable[[bytes], S]:

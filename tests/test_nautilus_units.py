@@ -21,12 +21,7 @@ from ringtape.capture.config import (
 from ringtape.capture.store import EventStore
 from ringtape.nautilus import PayloadEncoding, RingtapeCapture, instance_id_for
 from ringtape.nautilus.encoding import EncodingError
-from ringtape.nautilus.payload import (
-    data_header_reader,
-    json_type_name,
-    msgpack_type_name,
-    to_ns,
-)
+from ringtape.nautilus.payload import data_header_reader, to_ns, type_name_reader
 from ringtape.nautilus.routes import Kind, route
 from ringtape.tools.commands.dump import payload_fields
 
@@ -42,7 +37,11 @@ QUOTE = {
 }
 
 
-def test_json_type_name_is_sliced_from_the_first_key_or_decoded_when_elsewhere() -> None:
+json_type_name = type_name_reader(PayloadEncoding("json"))
+msgpack_type_name = type_name_reader(PayloadEncoding("msgpack"))
+
+
+def test_json_type_name_is_read_wherever_the_key_is() -> None:
     assert json_type_name(msgspec.json.encode(QUOTE)) == "QuoteTick"
     assert json_type_name(b'{"state":"RUNNING","type":"ComponentStateChanged"}') == (
         "ComponentStateChanged"
@@ -52,7 +51,7 @@ def test_json_type_name_is_sliced_from_the_first_key_or_decoded_when_elsewhere()
         assert json_type_name(primitive) == ""
 
 
-def test_msgpack_type_name_reads_fixmap_map16_and_str8_headers() -> None:
+def test_msgpack_type_name_reads_small_and_large_maps_and_long_names() -> None:
     assert msgpack_type_name(msgspec.msgpack.encode(QUOTE)) == "QuoteTick"  # fixmap, fixstr
     wide = {"type": "OrderFilled", **{f"k{i}": i for i in range(20)}}  # map 16
     assert msgspec.msgpack.encode(wide)[0] == 0xDE
