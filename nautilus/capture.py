@@ -319,10 +319,15 @@ class RingtapeCapture:
         """Attached, the kernel not started: wait, and open at the first component start."""
         try:
             ts = self._now()
-            if topic.startswith("events.system.") and self._state_of(payload).starts():
-                if self._open():
-                    self._capture(topic, payload, ts)
-                return
+            if topic.startswith(_SYSTEM_TOPICS):
+                state = self._state_of(payload)
+                if state.starts():
+                    if self._open():
+                        self._capture(topic, payload, ts)
+                    return
+                if state.component_id == self._trader_id and state.ends_run():
+                    self.close()  # disposed without ever starting: no run
+                    return
             if len(self._pending) < self._max_pending:
                 self._pending.append((topic, payload, ts))
             else:
@@ -473,15 +478,16 @@ class RingtapeCapture:
         every = self._anchor_every or 0
         try:
             self.anchor()
-        except StoreHalted:
-            raise
+        except StoreHalted as exc:
+            self.stats.anchor_failures += 1
+            self._store_halted(exc, dropped=0)
         except Exception as exc:
             self.stats.anchor_failures += 1
             self._anchor_at = self._seq + every
             log.error("ringtape: snapshot anchor failed: %s: %s", type(exc).__name__, exc)
 
-    def _store_halted(self, exc: StoreHalted) -> None:
-        self.stats.dropped_after_halt += 1
+    def _store_halted(self, exc: StoreHalted, dropped: int = 1) -> None:
+        self.stats.dropped_after_halt += dropped
         if self.stats.halt_reason is not None:
             return
         self.publish = self._after_halt

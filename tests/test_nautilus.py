@@ -245,6 +245,32 @@ def test_a_store_halt_stops_trading_through_the_risk_engine(
     assert read_manifest(run_dir).status.value == "crashed_recovered"
 
 
+def test_an_anchor_that_cannot_become_durable_halts_trading_not_the_engine(tmp_path: Path) -> None:
+    engine = fx_engine(3000)
+    config = EventStoreConfig(base_dir=str(tmp_path))
+    capture = RingtapeCapture(config, anchor_every=1500).attach(engine.kernel)
+    stopped: list[int] = []
+
+    def on_quote(tick: QuoteTick) -> None:
+        store = capture.store
+        if not stopped and tick.ts_init >= START_NS + 1000 * STEP_NS:
+            assert store is not None and store.writer_pid() is not None
+            stopped.append(store.writer_pid())  # type: ignore[arg-type]
+            os.kill(stopped[0], signal.SIGSTOP)  # a disk that stops answering
+
+    engine.kernel.msgbus.subscribe("data.quotes.*", on_quote)
+    try:
+        engine.run()  # no exception reaches NautilusTrader
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    engine.dispose()
+    assert capture.stats.anchor_failures == 1 and capture.stats.anchors == 0
+    assert capture.stats.halt_reason is not None and "AnchorStall" in capture.stats.halt_reason
+    assert capture.stats.trading_halted
+    assert TradingState(engine.kernel.risk_engine.trading_state) is TradingState.HALTED
+
+
 # -- data markers -------------------------------------------------------------------------------
 
 
