@@ -28,8 +28,8 @@ from typing import Final
 from ringtape.capture.config import DataMarkerClass
 
 # Entries ringtape writes itself for a NautilusTrader kernel (never a bus topic): an instrument
-# taken from the kernel's cache, because NautilusTrader puts instruments into its cache without
-# publishing them (a backtest's ``add_instrument``, an instrument provider at start).
+# taken from the kernel's cache, because it was published before the capture attached, or
+# never (an instrument provider may load instruments straight into the cache).
 INSTRUMENT_TOPIC: Final = "ringtape.nautilus.Instrument"
 
 
