@@ -20,7 +20,8 @@ Per run: CPU of the trading thread (``time.thread_time``) and wall time, both ov
 from the trader's RUNNING to its STOPPING (the store's open, which spawns the writer, falls
 before it; the engine's build and dispose outside it), plus the whole ``engine.run()``; the
 writer and sidecar CPU (``RUSAGE_CHILDREN``) and the messages published. Medians over the
-rounds; ratios are of medians. Target: ``ringtape / list <= 1.10`` in thread CPU.
+rounds; ratios are of medians (judged) and of the least thread CPU of each mode (other
+processes only ever add to it). Target: ``ringtape / list <= 1.10`` in thread CPU.
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ def _one_run(mode: str, n_quotes: int, work: Path) -> dict[str, Any]:
     }
 
 
+def _least(runs: list[dict[str, Any]]) -> float:
+    return min(float(r["thread_cpu_s"]) for r in runs)
+
+
 def _median(runs: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(float(r[key]) for r in runs))
 
@@ -175,6 +180,12 @@ def run_nautilus_bench(
             "ringtape_markers/list": cpu["ringtape_markers"] / cpu["list"],
             "list/none": cpu["list"] / cpu["none"],
         },
+        # Interference from other processes only ever adds CPU time: the least of the rounds
+        # is the least disturbed figure of each mode.
+        "ratios_thread_cpu_min": {
+            "ringtape/list": _least(runs["ringtape"]) / _least(runs["list"]),
+            "ringtape_markers/list": _least(runs["ringtape_markers"]) / _least(runs["list"]),
+        },
         "ratios_wall": {
             "ringtape/list": medians["ringtape"]["wall_s"] / medians["list"]["wall_s"],
             "ringtape_markers/list": medians["ringtape_markers"]["wall_s"]
@@ -208,9 +219,12 @@ def format_nautilus(section: dict[str, Any]) -> str:
         f" {section['ringtape_us_per_message']:.2f} us/message"
         f" ({section['ringtape_markers_us_per_message']:.2f} with markers)"
     )
+    least = section["ratios_thread_cpu_min"]
     rows.append(
         f"  ringtape/list {ratios['ringtape/list']:.3f}"
         f" (markers {ratios['ringtape_markers/list']:.3f}),"
-        f" target <= {TARGET_RATIO}: {'met' if section['met'] else 'NOT met'}"
+        f" target <= {TARGET_RATIO}: {'met' if section['met'] else 'NOT met'};"
+        f" least of the rounds {least['ringtape/list']:.3f}"
+        f" (markers {least['ringtape_markers/list']:.3f})"
     )
     return "\n".join(rows)
