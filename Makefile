@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # mypy checks the sources under their installed names: this directory is the `ringtape`
 # package (pyproject.toml maps it), so mypy runs where `ringtape` links back here.
 MYPY_ROOT := $(VENV)/mypy
-SOURCES := __init__.py capture storage tools tests
+SOURCES := __init__.py capture nautilus storage tools tests
 
 .PHONY: demo test lint typecheck unit bench clean
 

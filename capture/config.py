@@ -163,9 +163,12 @@ class Environment(enum.StrEnum):
 
     @classmethod
     def parse(cls, value: Environment | str) -> Environment:
-        """Accept an ``Environment``, its value or its name, in any case."""
+        """Accept an ``Environment``, its value or its name, in any case, or another
+        enum's member whose value is one of those (a kernel's own ``Environment``)."""
         if isinstance(value, Environment):
             return value
+        if isinstance(value, enum.Enum):
+            value = value.value
         try:
             return cls(str(value).lower())
         except ValueError:

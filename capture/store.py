@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
@@ -151,6 +151,18 @@ class StoreOptions:
             raise ValueError(f"segment_max_bytes: {self.segment_max_bytes} is under 4096")
         if not self.seal_timeout_s > 0:
             raise ValueError(f"seal_timeout_s: {self.seal_timeout_s} is not positive")
+
+
+def _json_object(value: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``value`` as a JSON object (checked now: a bad value must not reach a half-open run)."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name}: expected a mapping, got {type(value).__name__}")
+    try:
+        text = json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: not JSON-serialisable: {exc}") from None
+    result: dict[str, Any] = json.loads(text)
+    return result
 
 
 def _as_uuid(value: uuid.UUID | str, name: str) -> uuid.UUID:
@@ -292,14 +304,19 @@ class EventStore:
         instance_id: uuid.UUID | str,
         components: RegisteredComponents,
         environment: Environment | str,
+        *,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Open a fresh run; returns once ``RunStarted`` (seq 1) is durable.
 
         Idempotent: opening again while the same run is open does nothing; after ``seal`` it
         opens a new run (a kernel reset/rerun). A different instance id while open is an error.
+        ``extra``: kernel-specific facts for the ``RunStarted`` payload (its ``"extra"`` key, a
+        JSON object; absent when not given), e.g. how the kernel encodes its payloads.
         """
         iid = _as_uuid(instance_id, "instance_id")
         env = Environment.parse(environment)
+        started_extra = None if extra is None else _json_object(extra, "extra")
         if self._open:
             if iid != self._instance_id:
                 raise ValueError(f"a run of instance {self._instance_id} is open; seal it first")
@@ -332,18 +349,18 @@ class EventStore:
             retention=self.config.retention.to_dict(),
             environment=str(env),
         )
-        payload = json.dumps(
-            {
-                "run_id": run_id,
-                "instance_id": str(iid),
-                "parent_run_id": self._parent_run_id,
-                "environment": str(env),
-                "registered_components": components.to_dict(),
-                "identity": self.config.identity.to_dict(),
-                "config": self.config.to_dict(),
-            },
-            separators=(",", ":"),
-        ).encode()
+        run_started: dict[str, Any] = {
+            "run_id": run_id,
+            "instance_id": str(iid),
+            "parent_run_id": self._parent_run_id,
+            "environment": str(env),
+            "registered_components": components.to_dict(),
+            "identity": self.config.identity.to_dict(),
+            "config": self.config.to_dict(),
+        }
+        if started_extra is not None:
+            run_started["extra"] = started_extra
+        payload = json.dumps(run_started, separators=(",", ":")).encode()
         try:
             write_manifest(paths.run_dir, manifest)
             self._start_session(paths, manifest, env, lock)

@@ -129,3 +129,22 @@ def test_the_table_goes_to_stderr(quick_run: tuple[dict[str, Any], str, Path, in
         *BASELINE_NAMES,
     ):
         assert label in table
+
+
+def test_the_nautilus_section_compares_the_same_backtest_in_every_mode(
+    quick_run: tuple[dict[str, Any], str, Path, int],
+) -> None:
+    result, stderr = quick_run[0], quick_run[1]
+    section = result["nautilus"]
+    if "skipped" in section:  # nautilus_trader is not installed here
+        pytest.skip(section["skipped"])
+    assert section["rounds"] >= 3
+    assert set(section["median"]) == {"none", "null", "list", "ringtape", "ringtape_markers"}
+    runs = section["runs"]
+    assert all(len(r) == section["rounds"] for r in runs.values())
+    published = {r["published"] for mode in runs.values() for r in mode}
+    assert len(published) == 1  # the same backtest every time
+    assert runs["ringtape"][0]["entries"] > section["messages_per_run"] * 0.9
+    assert isinstance(section["met"], bool) and section["target"]["ringtape/list"] == 1.10
+    assert section["nautilus_serialisation_us_per_message"] > 0
+    assert "ringtape/list" in stderr

@@ -393,10 +393,15 @@ latency percentiles, durable lag, compression ratio and disk bytes.
 exit status: 0 verified and replayed equal, 1 verify findings or a replay mismatch or a halt,
 2 could not run"""
 DEMO_EPILOG: Final = """\
+With --nautilus, it captures a NautilusTrader backtest instead (its EMACross example on
+synthetic AUD/USD quotes, through ringtape.nautilus.RingtapeCapture), verifies the run and
+replays it into a fresh NautilusTrader cache, which must equal the kernel's at the seal.
+
 examples:
   ringtape demo
   ringtape demo --seconds 30 --base-dir /tmp/ringtape-demo
-  ringtape demo --seconds 3 --json | jq .append_latency_ns"""
+  ringtape demo --seconds 3 --json | jq .append_latency_ns
+  ringtape demo --nautilus --quotes 50000"""
 
 
 def demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -421,6 +426,17 @@ def demo_arguments(parser: argparse.ArgumentParser) -> None:
         "--jobs", type=positive_int, metavar="N", help="verify jobs (default: as verify's)"
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--nautilus",
+        action="store_true",
+        help="capture a real NautilusTrader backtest instead (needs ringtape[nautilus])",
+    )
+    parser.add_argument(
+        "--quotes",
+        type=positive_int,
+        metavar="N",
+        help="with --nautilus: quotes in the backtest (default 20,000)",
+    )
 
 
 # -- bench ---------------------------------------------------------------------------------------
@@ -429,7 +445,8 @@ BENCH_DESCRIPTION: Final = """\
 Measure the pipeline side by side with multiprocessing.Queue, faster_fifo.Queue and a bare
 shared-memory ring (the floor of what Python can do), in one run: append latency, producer
 CPU, durable throughput, append-to-durable lag, idle CPU, compression and the data-marker
-lane. Writes JSON (to --out, or stdout) and a table to stderr."""
+lane; with nautilus_trader installed, what capturing a real NautilusTrader backtest costs
+its trading thread. Writes JSON (to --out, or stdout) and a table to stderr."""
 BENCH_EPILOG: Final = """\
 examples:
   ringtape bench --quick
@@ -451,6 +468,11 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-markers",
         action="store_true",
         help="skip the data-marker benchmark (observe_data at 200k/s, the sidecar's top rate)",
+    )
+    parser.add_argument(
+        "--no-nautilus",
+        action="store_true",
+        help="skip the NautilusTrader benchmark (run when nautilus_trader is installed)",
     )
 
 

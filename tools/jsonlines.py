@@ -7,8 +7,11 @@ One object per line, in seq order::
      "encoding":"json","payload":{…}}
 
 ``encoding`` is ``"json"`` when the payload is UTF-8 JSON (``payload`` is then that JSON
-value) and ``"base64"`` otherwise (``payload`` is then a base64 string; an empty payload is
-``""``, base64). NaN and Infinity are not JSON: such a payload is base64.
+value), ``"msgpack"`` when it is one msgpack map with string keys that JSON can show
+(``payload`` is then its value; this needs msgspec, which ``ringtape[nautilus]`` brings: a
+NautilusTrader bus with ``encoding="msgpack"`` writes such payloads), and ``"base64"`` otherwise
+(``payload`` is then a base64 string; an empty payload is ``""``, base64). NaN and Infinity are
+not JSON, nor are msgpack's binary values: such a payload is base64, kept exact.
 
 Rules of this module:
 
@@ -27,12 +30,18 @@ from __future__ import annotations
 import base64
 import fnmatch
 import json
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from ringtape.storage.format.entry import FLAG_CAUSATION, FLAG_CORRELATION
 from ringtape.storage.read.columns import Columns
+
+try:
+    from msgspec import msgpack as _msgpack
+except ImportError:  # msgspec comes with ringtape[nautilus]
+    _msgpack = None  # type: ignore[assignment]
 
 try:
     import orjson
@@ -57,6 +66,7 @@ _LINE: Final = (
     b'"correlation_id":%b,"causation_id":%b,"encoding":"%b","payload":%b}'
 )
 _NULL: Final = b"null"
+_MSGPACK_MAP_LEADS: Final = frozenset([*range(0x81, 0x90), 0xDE, 0xDF])  # non-empty maps
 
 
 def _stdlib_value(payload: bytes) -> Any:
@@ -84,7 +94,36 @@ def payload_json(payload: bytes) -> tuple[bytes, bytes]:
             if b"\n" not in payload and b"\r" not in payload:
                 return b"json", payload
             return b"json", _ENCODER.encode(_stdlib_value(payload)).encode()
+        value = _msgpack_value(payload)
+        if value is not None:
+            return b"msgpack", _ENCODER.encode(value).encode()
     return b"base64", b'"' + base64.b64encode(payload) + b'"'
+
+
+def _json_safe(value: Any) -> bool:
+    """Whether a decoded msgpack value says the same thing as JSON (no bytes, no NaN)."""
+    if isinstance(value, str | bool | int) or value is None:
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_json_safe(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_safe(v) for k, v in value.items())
+    return False
+
+
+def _msgpack_value(payload: bytes) -> Any:
+    """The value of a payload that is one whole, non-empty msgpack map with string keys and
+    JSON-safe values, else ``None``. A lone scalar is not taken for msgpack: almost any byte is
+    one."""
+    if _msgpack is None or payload[0] not in _MSGPACK_MAP_LEADS:
+        return None
+    try:
+        value = _msgpack.decode(payload)
+    except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
+        return None
+    return value if isinstance(value, dict) and value and _json_safe(value) else None
 
 
 def _text(raw: bytes) -> bytes:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -317,6 +318,8 @@ def bench_main(args: argparse.Namespace) -> int:
         except Exception as exc:  # a failed section is reported, the rest still stands
             result["data_markers"] = {"error": f"{type(exc).__name__}: {exc}"}
             result["errors"].append({"sections": ["data_markers"], "error": str(exc)})
+    if not args.no_nautilus:
+        result["nautilus"] = _nautilus_section(args, result)
     text = json.dumps(result, indent=2)
     if out is not None:
         with out:
@@ -333,7 +336,28 @@ def bench_main(args: argparse.Namespace) -> int:
             f" dropped {markers.get('dropped', '?')}",
             file=sys.stderr,
         )
+    if "nautilus" in result:
+        from ringtape.tools.bench.nautilus import format_nautilus
+
+        print(format_nautilus(result["nautilus"]), file=sys.stderr)
     return 1 if result["errors"] else 0
+
+
+def _nautilus_section(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any]:
+    """The NautilusTrader section (``tools/bench/nautilus.py``) when nautilus_trader is there."""
+    if importlib.util.find_spec("nautilus_trader") is None:
+        return {"skipped": "nautilus_trader is not installed (pip install ringtape[nautilus])"}
+    from ringtape.tools.bench.nautilus import run_nautilus_bench
+
+    def log(message: str) -> None:
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    try:
+        return run_nautilus_bench(quick=args.quick, scale=args.seconds, log=log)
+    except Exception as exc:  # a failed section is reported, the rest still stands
+        text = f"{type(exc).__name__}: {exc}"
+        result["errors"].append({"sections": ["nautilus"], "error": text})
+        return {"error": text}
 
 
 def main(argv: list[str] | None = None) -> int:

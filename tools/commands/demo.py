@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from collections.abc import Iterator
@@ -146,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
     base = Path(args.base_dir)
     if base.exists() and not base.is_dir():
         raise CliError(f"{args.base_dir}: not a directory")
+    if args.nautilus:
+        return _run_nautilus(args, base)
+    if args.quotes is not None:
+        raise CliError("--quotes applies to --nautilus only")
     options = DemoOptions(
         base_dir=base,
         seconds=args.seconds,
@@ -169,4 +174,54 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print_summary(result)
+    return EXIT_OK if result.ok else EXIT_FINDINGS
+
+
+def _run_nautilus(args: argparse.Namespace, base: Path) -> int:
+    if importlib.util.find_spec("nautilus_trader") is None:
+        raise CliError("--nautilus needs nautilus_trader: pip install 'ringtape[nautilus]'")
+    from ringtape.tools.demo.nautilus import DEFAULT_QUOTES, run_nautilus_demo
+
+    quotes = args.quotes or DEFAULT_QUOTES
+    if not args.json:
+        print(
+            f"ringtape demo --nautilus: capturing a NautilusTrader backtest ({quotes:,} quotes)"
+            f" into {base}/",
+            file=sys.stderr,
+        )
+    try:
+        result = run_nautilus_demo(base, quotes=quotes, seed=args.seed, jobs=args.jobs)
+    except EventStoreError as exc:
+        raise CliError(f"the event store failed: {exc}") from None
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK if result.ok else EXIT_FINDINGS
+    stats = result.capture
+    dropped = stats["dropped_before_open"] + stats["dropped_after_close"]
+    rows = [
+        ["run", result.run_dir],
+        ["NautilusTrader", f"{result.nautilus_trader}: EMACross on {result.quotes:,} quotes"],
+        ["backtest", f"{result.backtest_seconds:.2f} s (engine.run), {result.orders} orders,"
+         f" {result.positions} position(s)"],
+        ["entries", f"{result.entries:,}  ({result.bus_messages:,} bus messages, RunStarted,"
+         f" RunEnded, {result.anchors} anchors, {stats['instruments']} instrument(s))"],
+        ["marker records", f"{result.marker_records:,}"],
+        ["snapshot anchors", str(result.anchors)],
+        ["dropped / refused", f"{dropped} / {stats['refused']}"],
+        ["compression", format_ratio(result.raw_bytes / result.segment_bytes)
+         if result.segment_bytes else "-"],
+        ["verify", verdict_line(result.verify)],
+        ["replay parity", ("OK" if result.replay_ok else "FAILED") + f"  ({result.replay_detail})"],
+        ["halted", stats["halt_reason"] or "no"],
+    ]  # fmt: skip
+    out = console()
+    out.print()
+    out.print("ringtape demo --nautilus summary", markup=False)
+    emit(out, table(["what", "value"], rows, header=False))
+    for f in result.verify.findings:
+        for line in describe_finding(f):
+            out.print(line, markup=False)
+    out.print()
+    out.print(f"replay parity: {'OK' if result.replay_ok else 'FAILED'}", markup=False)
     return EXIT_OK if result.ok else EXIT_FINDINGS

@@ -1,6 +1,7 @@
 """``ringtape dump RUN``: a run's entries (or its marker records) as JSON lines, streamed.
 
-The line format is ``tools/jsonlines.py``'s. Every frame is checked on the way
+The line format is ``tools/jsonlines.py``'s (JSON payloads as recorded, msgpack maps shown as
+JSON when msgspec is installed, anything else base64). Every frame is checked on the way
 (``storage/read/reader.py``); the dump stops at the first damage, exit status 1. Frames that a
 time window or a topic glob rules out are skipped on their headers (format version 2's frame
 index), so ``--since`` the last minute of a long run reads little more than its headers. A long
