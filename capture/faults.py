@@ -17,11 +17,16 @@ written), ``blob_mid_write`` (half a blob file written and synced, not renamed) 
 ``blob_durable`` (the blob renamed and synced, its result not yet reported to the kernel).
 ``blob_write_delay_s`` makes every blob write slow.
 
+``sync_eio_after_commits`` makes the fdatasync of the group commit after that many commits fail
+with EIO, as a failing disk's does (PostgreSQL's "fsyncgate": the kernel may drop the dirty pages
+and report the error once). The writer must halt on it, never retry.
+
 ``kernel_crash_at`` names points in the kernel process itself (the store), for the crash
-matrix: ``seal_before_manifest`` (``RunEnded`` durable, manifest not yet ``ended``),
-``manifest_before_rename`` (the new manifest written to its temp file, not yet renamed over the
-old one) and ``anchor_before_entry`` (a snapshot copied to its anchor slot, its entry not yet
-appended; for the anchor ``crash_anchor``).
+matrix: ``open_before_manifest`` (the run directory and its lock made, no manifest yet: an
+open that never becomes durable), ``seal_before_manifest`` (``RunEnded`` durable, manifest not
+yet ``ended``), ``manifest_before_rename`` (the new manifest written to its temp file, not yet
+renamed over the old one) and ``anchor_before_entry`` (a snapshot copied to its anchor slot, its
+entry not yet appended; for the anchor ``crash_anchor``).
 ``crash_after_commits`` delays the crash/hang until that many group commits have happened.
 """
 
@@ -38,6 +43,7 @@ from typing import Final
 CRASH_POINTS: Final = ("after_write", "after_fsync", "after_publish", "mid_frame_write")
 BLOB_CRASH_POINTS: Final = ("blob_taken", "blob_mid_write", "blob_durable")
 KERNEL_CRASH_POINTS: Final = (
+    "open_before_manifest",
     "seal_before_manifest",
     "manifest_before_rename",
     "anchor_before_entry",
@@ -55,6 +61,7 @@ class FaultPlan:
     blob_crash_at: str | None = None  # in the writer's blob thread (BLOB_CRASH_POINTS)
     crash_anchor: int = 1  # the anchor id the blob and anchor crash points hit
     blob_write_delay_s: float = 0.0  # before each write of a blob file: a slow disk
+    sync_eio_after_commits: int | None = None
 
     def __post_init__(self) -> None:
         for point in (self.crash_at, self.hang_at):
@@ -81,6 +88,7 @@ class FaultPlan:
             blob_crash_at=self.blob_crash_at,
             crash_anchor=self.crash_anchor,
             blob_write_delay_s=self.blob_write_delay_s,
+            sync_eio_after_commits=self.sync_eio_after_commits,
         )
 
     def kernel_point(self, name: str, anchor_id: int | None = None) -> None:
@@ -139,6 +147,12 @@ class FaultInjector:
         p = self._plan
         if p.blob_crash_at == name and anchor_id == p.crash_anchor:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def guard_sync(self, fd: int) -> None:
+        """Before an fdatasync of ``fd``: fail it with EIO once the commit budget is spent."""
+        after = self._plan.sync_eio_after_commits
+        if after is not None and self.commits >= after:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     def point(self, name: str) -> None:
         p = self._plan

@@ -154,6 +154,7 @@ class Batch:
     end_pos: int  # absolute ring position after the last record
     ts_backwards: int = 0  # entries whose ts_init is below the entry before them
     ts_backwards_first: int = 0  # the seq of the first of them (0: none)
+    ts_backwards_seqs: npt.NDArray[np.int64] | None = None  # the seqs of all of them
 
     @property
     def count(self) -> int:
@@ -324,7 +325,7 @@ class RingConsumer:
         stamps: list[int] = []
         out = 0  # bytes taken so far
         last_ts = self.last_ts_init
-        back = back_first = 0
+        backs: list[int] = []  # seqs whose ts_init went back
         while len(offsets) < limit:
             slot = index[seq & smask]
             if slot != pos:
@@ -343,8 +344,7 @@ class RingConsumer:
             if max_bytes and offsets and out + length > max_bytes:
                 break
             if ts < last_ts:
-                back += 1
-                back_first = back_first or seq
+                backs.append(seq)
             last_ts = ts
             offsets.append(out)
             stamps.append(ts)
@@ -369,7 +369,11 @@ class RingConsumer:
             for off in offsets:
                 pack(records, off + TS_PUBLISH_OFFSET, ts_publish)
         self.last_ts_init = last_ts
-        return Batch(first, records, np.array(offsets, dtype=np.int64), pos, back, back_first)
+        batch = Batch(first, records, np.array(offsets, dtype=np.int64), pos)
+        if backs:
+            batch.ts_backwards, batch.ts_backwards_first = len(backs), backs[0]
+            batch.ts_backwards_seqs = np.array(backs, dtype=np.int64)
+        return batch
 
     def _take_vectorised(self, limit: int, max_bytes: int) -> Batch | None:
         window = min(max(64, self._last_take), limit)
@@ -417,6 +421,8 @@ def count_ts_backwards(batch: Batch, last: int) -> int:
     back = np.flatnonzero(ts < prev)
     batch.ts_backwards = int(back.size)
     batch.ts_backwards_first = batch.first_seq + int(back[0]) if back.size else 0
+    if back.size:
+        batch.ts_backwards_seqs = back + batch.first_seq
     return int(ts[-1])
 
 

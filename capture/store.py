@@ -337,6 +337,7 @@ class EventStore:
         # no sweep can ever take this run for a dead one while it is being written.
         lock = WriterLock.acquire(paths.run_dir)
         lock.record_owner(os.getpid(), process_created())
+        self.options.faults.kernel_point("open_before_manifest")
         manifest = Manifest(
             run_id=run_id,
             instance_id=str(iid),

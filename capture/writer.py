@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import numpy as np
+
 from ringtape.capture.blob_writer import BlobWriter
 from ringtape.capture.child import ChildArgs, Spares, serve
 from ringtape.capture.doorbell import DoorbellListener
@@ -64,7 +66,7 @@ from ringtape.capture.ring import (
 )
 from ringtape.capture.wait import WAIT_STRATEGIES
 from ringtape.storage.format.frame import STREAM_EVENTS
-from ringtape.storage.run.layout import LOCK_NAME
+from ringtape.storage.run.layout import BLOB_DIR, LOCK_NAME, make_private_dir
 from ringtape.storage.run.lock import WriterLock, write_live_stats
 from ringtape.storage.segment.writer import SegmentWriter
 
@@ -280,8 +282,12 @@ class WriterLoop:
         seg = self.segments
         stored = 0
         frames = batch.frames(self.args.max_batch_entries)
+        back = batch.ts_backwards_seqs if batch.ts_backwards else None
         for first_seq, records, offsets in frames:
-            stored += seg.append(records, offsets, first_seq)
+            k = 0
+            if back is not None:  # the checkpoint counts them per segment
+                k = int(np.count_nonzero((back >= first_seq) & (back < first_seq + len(offsets))))
+            stored += seg.append(records, offsets, first_seq, ts_backwards=k)
         ctrl = self.v.ctrl
         ctrl[FRAMES_WRITTEN] += len(frames)
         ctrl[BYTES_STORED] += stored
@@ -305,9 +311,13 @@ def writer_main(args: WriterArgs, fds: tuple[int, ...]) -> None:
             max_segment_bytes=args.segment_max_bytes,
             compression_level=args.compression_level,
             write_guard=None if args.faults.empty else faults.guard_write,
+            sync_guard=None if args.faults.empty else faults.guard_sync,
         )
         blobs = None
         if args.anchor_board:
+            # Made (and its name fsynced) here, before this process claims anything durable,
+            # rather than by the blob thread while this one commits.
+            make_private_dir(run_dir / BLOB_DIR)
             blobs = BlobWriter(
                 args.anchor_board, run_dir, args.run_id, faults, prune=args.prune_blobs
             )

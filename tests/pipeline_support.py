@@ -15,6 +15,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ringtape.storage.format.blob import (
+    CODEC_ZSTD,
+    BlobHeader,
+    compressor,
+    encode_blob_header,
+    snapshot_hash,
+)
 from ringtape.storage.format.entry import Entry, decode_entry
 from ringtape.storage.format.frame import (
     FRAME_HEADER_SIZE,
@@ -24,6 +31,7 @@ from ringtape.storage.format.frame import (
     decode_frame_header,
     decode_segment_header,
 )
+from ringtape.storage.run.blobs import Anchor, blob_ref, write_blob_file
 from ringtape.storage.run.layout import list_segments
 
 
@@ -97,3 +105,15 @@ def sigkill_kernel_after_report(script: str, *args: str) -> tuple[list[str], int
         kernel.kill()
         kernel.wait()
     return fields, kernel.pid
+
+
+def write_snapshot_blob(run_dir: Path, anchor_id: int, watermark: int, snapshot: bytes) -> Anchor:
+    """A format 2 blob for anchor ``anchor_id`` of the run (as the writer process writes it),
+    and the anchor that names it (its ``seq`` is for the caller to fill in)."""
+    stored = compressor().compress(snapshot)
+    header = BlobHeader(
+        CODEC_ZSTD, anchor_id, watermark, len(snapshot), len(stored), snapshot_hash(snapshot),
+        run_dir.name,
+    )  # fmt: skip
+    write_blob_file(run_dir, blob_ref(anchor_id), [encode_blob_header(header), stored])
+    return Anchor(watermark, blob_ref(anchor_id), "", len(snapshot), 0, anchor_id)

@@ -171,10 +171,13 @@ def test_leftover_torn_file_is_reported_but_not_a_failure(run: Path) -> None:
     assert "leftover_torn (informational)" in human.stdout
 
 
-def test_unexpected_file(run: Path) -> None:
+def test_unexpected_file_is_a_note(run: Path) -> None:
     (run / "notes.txt").write_text("hello")
     code, report = verify_json(run)
-    assert code == 1 and [f["kind"] for f in report["findings"]] == ["unexpected_file"]
+    assert code == 0 and [f["kind"] for f in report["findings"]] == ["unexpected_file"]
+    assert report["ok"] and report["runs"][0]["verdict"] == "intact"
+    human = ringtape("verify", run)
+    assert "unexpected_file (informational)" in human.stdout
 
 
 def test_parallel_jobs_give_the_same_report(tmp_path: Path) -> None:

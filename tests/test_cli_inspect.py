@@ -112,7 +112,13 @@ def test_recover_seals_and_quarantines(tmp_path: Path) -> None:
     again = ringtape("recover", tmp_path, "--json")
     assert again.returncode == 0
     (instance,) = json.loads(again.stdout)["instances"]
-    assert instance == {"instance": INSTANCE, "recovered": [], "live": [], "skipped": []}
+    assert instance == {
+        "instance": INSTANCE,
+        "recovered": [],
+        "live": [],
+        "skipped": [],
+        "retired": [],
+    }
     assert "nothing to recover" in ringtape("recover", tmp_path / INSTANCE).stdout
 
 
@@ -123,7 +129,7 @@ def test_recover_leaves_a_live_run_alone(tmp_path: Path) -> None:
         proc = ringtape("recover", tmp_path, "--instance", INSTANCE)
     finally:
         lock.release()
-    assert proc.returncode == 0 and "its writer is running" in proc.stdout
+    assert proc.returncode == 0 and "being written (its lock is held)" in proc.stdout
     assert read_manifest(run).status is RunStatus.RUNNING
     bad = ringtape("recover", tmp_path, "--instance", "../etc")
     assert bad.returncode == 2 and "not an instance id" in bad.stderr

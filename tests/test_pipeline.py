@@ -75,7 +75,9 @@ def test_append_seal_read_back(tmp_path: Path, stores: list[EventStore]) -> None
     assert manifest.high_watermark == 5002 == store.durable_seq()
     assert manifest.end_ts_init == 99_999
     assert oct(run_dir.stat().st_mode & 0o777) == "0o700"
-    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in run_dir.iterdir())
+    assert all(
+        p.stat().st_mode & 0o777 == (0o700 if p.is_dir() else 0o600) for p in run_dir.iterdir()
+    )
 
 
 def test_durable_seq_never_ahead_of_the_file(tmp_path: Path, stores: list[EventStore]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -128,7 +129,67 @@ def test_leftovers_and_strangers_in_a_run_dir(tmp_path: Path) -> None:
     (run / "markers-000000.seg").symlink_to(run / "events-000000.seg")
     found = kinds(run)
     assert Kind.LEFTOVER_TEMP in found
-    assert found.count(Kind.UNEXPECTED_FILE) == 2  # notes.txt and the symlinked segment
+    assert found.count(Kind.UNEXPECTED_FILE) == 1  # notes.txt: a note
+    assert found.count(Kind.WRONG_FILE_TYPE) == 1  # the symlinked segment: a finding
+
+
+def test_a_file_ringtape_did_not_write_is_a_note_not_damage(tmp_path: Path) -> None:
+    """Issue 14 (6): a stray notes.txt (in the run or in blobs/) is listed, the run is intact."""
+    run = make_run(tmp_path, 20)
+    (run / "notes.txt").write_text("hi")
+    (run / "blobs").mkdir()
+    (run / "blobs" / "README").write_text("hi")
+    report = verify_path(run)
+    assert [f.kind for f in report.findings] == [Kind.UNEXPECTED_FILE] * 2
+    assert report.ok and report.runs[0].verdict == "intact"
+
+
+@pytest.mark.parametrize("what", ["fifo", "socket", "symlink", "directory"])
+@pytest.mark.parametrize("name", ["manifest.json", "writer.lock", "events-000001.seg", "blob"])
+def test_a_non_regular_file_where_ringtape_writes_one_is_a_finding(
+    tmp_path: Path, what: str, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO, socket, symlink or directory under one of ringtape's names is damage, read by
+    nobody (no hang): ``wrong_file_type``."""
+    run = make_run(tmp_path, 20)
+    target = run / name
+    if name == "blob":
+        (run / "blobs").mkdir()
+        target = run / "blobs" / ("0" * 32 + ".snap")
+    elif target.exists():
+        target.unlink()
+    if what == "fifo":
+        os.mkfifo(target)
+    elif what == "socket":
+        monkeypatch.chdir(target.parent)  # a socket path is limited to 108 bytes
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(target.name)
+        sock.close()
+    elif what == "symlink":
+        target.symlink_to(tmp_path)
+    else:
+        target.mkdir()
+    report = verify_path(run)
+    assert Kind.WRONG_FILE_TYPE in [f.kind for f in report.findings]
+    assert not report.ok and report.runs[0].verdict.startswith("DAMAGED")
+
+
+def test_a_symlinked_run_or_instance_directory_is_a_finding_not_a_silent_skip(
+    tmp_path: Path,
+) -> None:
+    """Defect 3: a run directory that is a symlink was silently left out (verify: intact)."""
+    run = make_run(tmp_path, 20)
+    elsewhere = make_run(tmp_path / "elsewhere", 20)
+    link = run.parent / (elsewhere.name[:-8] + "deadbeef")
+    link.symlink_to(elsewhere)
+    for path in (run.parent, tmp_path):  # the instance dir, the base dir
+        report = verify_path(path)
+        odd = [f for f in report.findings if f.kind is Kind.WRONG_FILE_TYPE]
+        assert [f.path for f in odd] == [str(link)] and not report.ok
+    instance_link = tmp_path / "0d3e5c1a-7b2f-4e8a-9c6d-1f2e3a4b5c6d"
+    instance_link.symlink_to(run.parent)
+    found = [f.path for f in verify_path(tmp_path).findings if f.kind is Kind.WRONG_FILE_TYPE]
+    assert str(instance_link) in found
 
 
 def truncate_last(run: Path) -> None:

@@ -39,6 +39,7 @@ class Kind(enum.StrEnum):
     UNEXPECTED_FILE = "unexpected_file"
     TS_INIT_BACKWARDS = "ts_init_backwards"
     ANCHOR_INCOMPLETE = "anchor_incomplete"
+    WRONG_FILE_TYPE = "wrong_file_type"
 
 
 # One plain sentence per kind, for people reading a report.
@@ -63,12 +64,16 @@ KINDS: Final[dict[Kind, str]] = {
     Kind.MARKER_EVENT_SEQ_AHEAD: "a marker's event_seq_before is past the entry high watermark",
     Kind.UNREADABLE: "a file or directory could not be read or parsed at all",
     Kind.LEFTOVER_TORN: "bytes a recovery cut from a torn tail, kept for inspection",
-    Kind.LEFTOVER_TEMP: "a temporary manifest or blob file a crash left mid-write",
+    Kind.LEFTOVER_TEMP: "a temporary manifest, checkpoint or blob file a crash left mid-write",
     Kind.UNEXPECTED_FILE: "a file in a run directory that ringtape did not write",
     Kind.TS_INIT_BACKWARDS: "entries whose ts_init is below the entry before them (a clock that"
     " went back): counted, not damage",
     Kind.ANCHOR_INCOMPLETE: "a snapshot anchor whose blob is not there (it never completed, or"
     " was reclaimed), or a blob no anchor names: no restore point, not damage",
+    Kind.WRONG_FILE_TYPE: (
+        "a FIFO, socket, device, symlink or directory where a ringtape file or run directory"
+        " should be"
+    ),
 }
 
 

@@ -20,6 +20,7 @@ from ringtape.storage.format.entry import (
 from ringtape.storage.format.frame import (
     STREAM_NAMES,
 )
+from ringtape.storage.run.checkpoint import StreamStart
 from ringtape.storage.run.layout import SEGMENT_RE, is_run_id, list_segments
 
 
@@ -118,7 +119,12 @@ def header_mismatch(
 
 
 def check_stream(
-    stream: str, scans: Sequence[SegmentScan], run_id: str | None, *, retained_from_seq: int = 1
+    stream: str,
+    scans: Sequence[SegmentScan],
+    run_id: str | None,
+    *,
+    retained_from_seq: int = 1,
+    start: StreamStart | None = None,
 ) -> StreamScan:
     """Check a stream's segment scans (in index order) against each other.
 
@@ -129,9 +135,14 @@ def check_stream(
 
     ``retained_from_seq`` > 1 (the manifest's record of a retention that reclaimed the leading
     segments on purpose) lets the stream start at any segment whose first seq is at or before it.
+
+    ``start`` (a recovery checkpoint's, ``storage/run/checkpoint.py``): ``scans`` are only the
+    segments after the checkpoint; the first must be segment ``start.segment``, link to
+    ``start.link`` and begin at ``start.seq``.
     """
     findings: list[Finding] = []
-    expected_index = 0
+    expected_index = 0 if start is None else start.segment
+    first_link, first_seq = (0, 1) if start is None else (start.link, start.seq)
     prev: SegmentScan | None = None
     if retained_from_seq > 1 and scans:
         first = scans[0]
@@ -183,7 +194,7 @@ def check_stream(
             findings.append(mismatch)
         h = s.header
         if h is not None and not jumped and (prev is not None or retained_from_seq <= 1):
-            link, seq = (0, 1) if prev is None else (prev.tail_link, prev.next_seq)
+            link, seq = (first_link, first_seq) if prev is None else (prev.tail_link, prev.next_seq)
             found = link_finding(
                 s.path,
                 0,
@@ -232,8 +243,18 @@ def scan_stream(
     deep: bool = True,
     retained_from_seq: int = 1,
     progress: Progress | None = None,
+    start: StreamStart | None = None,
 ) -> StreamScan:
-    """Scan every segment of one stream of a run, one after the other, and check them together."""
-    scans = [scan_segment(p, deep=deep, progress=progress) for p in list_segments(run_dir, stream)]
+    """Scan every segment of one stream of a run, one after the other, and check them together
+    (with ``start``: only the segments from ``start.segment`` on, see :func:`check_stream`)."""
+    paths = list_segments(run_dir, stream)
+    if start is not None:
+        paths = [p for p in paths if _index(p) >= start.segment]
+    scans = [scan_segment(p, deep=deep, progress=progress) for p in paths]
     run_id = run_dir.name if is_run_id(run_dir.name) else None
-    return check_stream(stream, scans, run_id, retained_from_seq=retained_from_seq)
+    return check_stream(stream, scans, run_id, retained_from_seq=retained_from_seq, start=start)
+
+
+def _index(path: Path) -> int:
+    m = SEGMENT_RE.match(path.name)
+    return int(m.group(2)) if m else -1

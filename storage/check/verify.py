@@ -43,6 +43,7 @@ from ringtape.storage.run.layout import (
     RUN_ID_RE,
     SEGMENT_RE,
     TORN_FILE_RE,
+    checkpoint_name,
     is_run_id,
     list_segments,
     run_sort_key,
@@ -54,6 +55,16 @@ from ringtape.storage.run.status import INFORMATIONAL, RunFacts, RunStatus, veri
 STREAMS: Final = tuple(STREAM_NAMES.values())
 BLOB_NAMES: Final = (BLOB_NAME_V1, BLOB_NAME_V2)
 TEMP_MANIFEST_RE: Final = re.compile(r"^\." + re.escape(MANIFEST_NAME) + r"\..*\.tmp$")
+TEMP_CHECKPOINT_RE: Final = re.compile(r"^\.(events|markers)\.checkpoint\..*\.tmp$")
+# Names ringtape writes in a run directory besides segments, blobs/ and leftovers.
+RUN_FILES: Final = frozenset(
+    {
+        MANIFEST_NAME,
+        LOCK_NAME,
+        MARKER_LOCK_NAME,
+        *(checkpoint_name(s) for s in STREAM_NAMES.values()),
+    }
+)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -89,8 +100,41 @@ def _retained(manifest: Manifest | None) -> int:
 RunChecker = Callable[[RunContext], Iterable[Finding]]
 
 
+def _file_type(e: os.DirEntry[str]) -> str:
+    """What a directory entry is, in words (``"a regular file"``, ``"a FIFO"``, …)."""
+    try:
+        mode = e.stat(follow_symlinks=False).st_mode
+    except OSError:
+        return "gone"
+    for test, words in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def _wrong_type(path: str, what: str, found: str) -> Finding:
+    return Finding(
+        Kind.WRONG_FILE_TYPE,
+        path,
+        detail=f"{what} should be here, found {found}; ringtape neither follows nor reads it",
+    )
+
+
 def check_files(ctx: RunContext) -> Iterable[Finding]:
-    """Every name in a run directory is one ringtape writes; leftovers are named as such."""
+    """Every name in a run directory is one ringtape writes, and of the type it writes.
+
+    A FIFO, socket, device, symlink or directory under one of ringtape's names is a finding
+    (``wrong_file_type``); a name ringtape never writes (``notes.txt``) is a note
+    (``unexpected_file``, informational); leftovers of a crash or a recovery are named as such.
+    """
     try:
         entries = list(os.scandir(ctx.run_dir))
     except OSError as exc:
@@ -100,18 +144,20 @@ def check_files(ctx: RunContext) -> Iterable[Finding]:
         return
     for e in sorted(entries, key=lambda e: e.name):
         path = str(ctx.run_dir / e.name)
-        link = e.is_symlink()
-        if e.name in (MANIFEST_NAME, LOCK_NAME, MARKER_LOCK_NAME) or SEGMENT_RE.match(e.name):
-            if link or not e.is_file(follow_symlinks=False):
-                yield Finding(Kind.UNEXPECTED_FILE, path, None, None, None, "not a regular file")
+        kind = _file_type(e)
+        regular = kind == "a regular file"
+        if e.name in RUN_FILES or SEGMENT_RE.match(e.name):
+            if not regular:
+                yield _wrong_type(path, f"ringtape's {e.name} (a regular file)", kind)
         elif e.name == BLOB_DIR:
-            if link or not e.is_dir(follow_symlinks=False):
-                yield Finding(
-                    Kind.UNEXPECTED_FILE, path, None, None, None, "blobs is not a directory"
-                )
+            if kind != "a directory":
+                yield _wrong_type(path, "the snapshot blob directory", kind)
             else:
                 yield from _check_blob_dir(Path(path))
         elif TORN_FILE_RE.match(e.name):
+            if not regular:
+                yield _wrong_type(path, "bytes a recovery cut from a torn tail", kind)
+                continue
             size = e.stat(follow_symlinks=False).st_size
             yield Finding(
                 Kind.LEFTOVER_TORN,
@@ -121,18 +167,25 @@ def check_files(ctx: RunContext) -> Iterable[Finding]:
                 None,
                 f"{size} bytes a recovery cut from a torn tail; keep it to inspect or delete it",
             )
-        elif TEMP_MANIFEST_RE.match(e.name):
+        elif TEMP_MANIFEST_RE.match(e.name) or TEMP_CHECKPOINT_RE.match(e.name):
+            what = "manifest" if TEMP_MANIFEST_RE.match(e.name) else "recovery checkpoint"
             yield Finding(
                 Kind.LEFTOVER_TEMP,
                 path,
                 None,
                 None,
                 None,
-                "a manifest update was interrupted; manifest.json holds the previous version",
+                f"a {what} update was interrupted; the file it was to replace holds the previous"
+                " version",
             )
         else:
             yield Finding(
-                Kind.UNEXPECTED_FILE, path, None, None, None, "not a file ringtape writes"
+                Kind.UNEXPECTED_FILE,
+                path,
+                None,
+                None,
+                None,
+                f"{kind} ringtape did not write (a note: not part of the record, not damage)",
             )
 
 
@@ -146,12 +199,18 @@ def _check_blob_dir(blob_dir: Path) -> Iterable[Finding]:
         return
     for e in entries:
         path = str(blob_dir / e.name)
-        if any(r.match(e.name) for r in BLOB_NAMES) and e.is_file(follow_symlinks=False):
-            continue
-        if e.name.startswith(".") and e.name.endswith(".tmp"):
+        kind = _file_type(e)
+        if any(r.match(e.name) for r in BLOB_NAMES):
+            if kind != "a regular file":
+                yield _wrong_type(path, "a snapshot blob (a regular file)", kind)
+        elif e.name.startswith(".") and e.name.endswith(".tmp"):
             yield Finding(Kind.LEFTOVER_TEMP, path, detail="a snapshot blob write was interrupted")
         else:
-            yield Finding(Kind.UNEXPECTED_FILE, path, detail="not a snapshot blob ringtape wrote")
+            yield Finding(
+                Kind.UNEXPECTED_FILE,
+                path,
+                detail=f"{kind} ringtape did not write (a note: not a snapshot blob, not damage)",
+            )
 
 
 def check_manifest(ctx: RunContext) -> Iterable[Finding]:
@@ -307,13 +366,25 @@ def _is_uuid(name: str) -> bool:
     return True
 
 
-def _subdirs(path: Path, keep: Callable[[str], bool]) -> list[Path]:
-    """Real (not symlinked) subdirectories whose names pass ``keep``."""
+def _subdirs(path: Path, keep: Callable[[str], bool], odd: list[Finding]) -> list[Path]:
+    """Real (not symlinked) subdirectories whose names pass ``keep``; an entry with such a name
+    that is not a real directory (a symlink, a FIFO, a file) is added to ``odd`` as a finding:
+    never followed, never silently left out."""
     try:
         with os.scandir(path) as it:
-            return [path / e.name for e in it if keep(e.name) and e.is_dir(follow_symlinks=False)]
-    except OSError:
+            entries = [e for e in it if keep(e.name)]
+    except OSError as exc:
+        odd.append(Finding(Kind.UNREADABLE, str(path), detail=f"cannot list: {exc.strerror}"))
         return []
+    out = []
+    for e in entries:
+        kind = _file_type(e)
+        if kind == "a directory":
+            out.append(path / e.name)
+        else:
+            what = "a run directory" if is_run_id(e.name) else "an instance directory"
+            odd.append(_wrong_type(str(path / e.name), what, kind))
+    return out
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -340,17 +411,18 @@ def find_runs(path: Path) -> tuple[list[Path], list[Path], list[Finding]]:
         )
     if is_run_id(path.name) or _is_run_dir(path):
         return [path], [], []
-    runs = _subdirs(path, is_run_id)
-    if runs or _is_uuid(path.name):
-        return sorted(runs, key=lambda p: run_sort_key(p.name)), [], []
-    instances = sorted(_subdirs(path, _is_uuid))
-    if instances:
+    odd: list[Finding] = []
+    runs = _subdirs(path, is_run_id, odd)
+    if runs or odd or _is_uuid(path.name):
+        return sorted(runs, key=lambda p: run_sort_key(p.name)), [], odd
+    instances = sorted(_subdirs(path, _is_uuid, odd))
+    if instances or odd:
         found = [
             r
             for i in instances
-            for r in sorted(_subdirs(i, is_run_id), key=lambda p: run_sort_key(p.name))
+            for r in sorted(_subdirs(i, is_run_id, odd), key=lambda p: run_sort_key(p.name))
         ]
-        return found, [], []
+        return found, [], odd
     return (
         [],
         [],

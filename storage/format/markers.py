@@ -308,6 +308,8 @@ def _json_object(entry: Entry) -> dict[str, Any]:
         body = json.loads(entry.payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MarkerFormatError(f"{entry.topic} payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise MarkerFormatError(f"{entry.topic} payload is JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise MarkerFormatError(f"{entry.topic} payload is not a JSON object")
     return body

@@ -118,8 +118,8 @@ class Anchor:
                 seq,
                 int(d["anchor_id"]) if v2 else 0,
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise BlobError(f"anchor payload is malformed: {exc}") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            raise BlobError(f"anchor payload is malformed: {type(exc).__name__}: {exc}") from None
         if anchor.high_watermark < 0 or anchor.size < 0 or anchor.anchor_id < 0:
             raise BlobError("anchor payload has negative fields")
         if v2 and (anchor.anchor_id == 0 or anchor.blob_ref != blob_ref(anchor.anchor_id)):
@@ -162,9 +162,7 @@ def write_blob_file(
     """Write ``parts`` as the blob ``ref`` durably (temp, fsync, rename, fsync ``blobs/``);
     returns the bytes written."""
     blob_dir = run_dir / BLOB_DIR
-    if not blob_dir.is_dir():
-        make_private_dir(blob_dir)
-        fsync_dir(run_dir)
+    make_private_dir(blob_dir)  # (its name fsynced into the run directory when it is new)
     final = run_dir / ref
     tmp = blob_dir / f".{final.name}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
@@ -172,17 +170,21 @@ def write_blob_file(
     fd = create_private_file(tmp)
     written = 0
     try:
-        for part in parts:
-            if hook is not None:
-                hook(fd, bytes(part))
-            view = memoryview(part)
-            while view:
-                view = view[os.write(fd, view) :]
-            written += len(part)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
+        try:
+            for part in parts:
+                if hook is not None:
+                    hook(fd, bytes(part))
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
+                written += len(part)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a temp in a sealed run
+        raise
     fsync_dir(blob_dir)
     return written
 

@@ -23,6 +23,7 @@ LOCK_NAME: Final = "writer.lock"
 MARKER_LOCK_NAME: Final = "markers.lock"  # held by the data-marker sidecar
 BLOB_DIR: Final = "blobs"
 TRASH_DIR: Final = ".trash"
+ABORTED_DIR: Final = ".aborted"  # opens that never became durable, moved aside by the sweep
 TORN_SUFFIX: Final = ".torn"
 
 DIR_MODE: Final = 0o700
@@ -52,6 +53,11 @@ def run_sort_key(run_id: str) -> tuple[int, str]:
     return int(m.group(1)), m.group(2)
 
 
+def checkpoint_name(stream: str) -> str:
+    """The stream's recovery checkpoint (``storage/run/checkpoint.py``)."""
+    return f"{stream}.checkpoint"
+
+
 def segment_name(stream: str, index: int) -> str:
     return f"{stream}-{index:06d}.seg"
 
@@ -66,13 +72,25 @@ def inside(base: Path, *parts: str) -> Path:
 
 
 def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) 0700; an existing symlink is refused. An existing
-    directory keeps its mode: a base dir such as ``$HOME`` is not ringtape's to lock down."""
+    """Create ``path`` 0700 (and missing parents, with the default mode), each new directory's
+    entry fsynced into its parent so that a power loss cannot take it away after the fact; an
+    existing symlink is refused. An existing directory keeps its mode: a base dir such as
+    ``$HOME`` is not ringtape's to lock down."""
     if path.is_symlink():
         raise ValueError(f"{path} is a symlink; ringtape does not follow it")
     if path.is_dir():
         return
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    missing = [path]
+    while not missing[-1].parent.exists() and missing[-1].parent != missing[-1]:
+        missing.append(missing[-1].parent)
+    for level in reversed(missing):
+        try:
+            level.mkdir(mode=DIR_MODE if level == path else 0o777)
+        except FileExistsError:
+            if not level.is_dir() or level.is_symlink():
+                raise
+            continue
+        fsync_dir(level.parent)
     os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
 
 
@@ -143,15 +161,8 @@ class RunPaths:
     def create(self) -> None:
         """Create the run directory (and its parents) 0700; each new directory's entry is
         fsynced into its parent so a power loss cannot take the run away after the fact."""
-        for parent, child in (
-            (self.base_dir.parent, self.base_dir),
-            (self.base_dir, self.instance_dir),
-            (self.instance_dir, self.run_dir),
-        ):
-            existed = child.is_dir()
-            make_private_dir(child)
-            if not existed:
-                fsync_dir(parent)
+        for level in (self.base_dir, self.instance_dir, self.run_dir):
+            make_private_dir(level)
 
 
 def list_segments(run_dir: Path, stream: str) -> list[Path]:
@@ -168,13 +179,19 @@ def list_segments(run_dir: Path, stream: str) -> list[Path]:
 
 
 def list_runs(instance_dir: Path) -> list[str]:
-    """Run ids under an instance directory, oldest first."""
+    """Run ids under an instance directory, oldest first (real directories only)."""
     try:
         names = os.listdir(instance_dir)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    runs = [n for n in names if is_run_id(n) and (instance_dir / n).is_dir()]
+    runs = [n for n in names if is_run_id(n) and _real_dir(instance_dir / n)]
     return sorted(runs, key=run_sort_key)
+
+
+def _real_dir(path: Path) -> bool:
+    """A directory, not a symlink to one: nothing ringtape acts on is reached through a link
+    (``verify`` reports such a link as ``wrong_file_type``)."""
+    return path.is_dir() and not path.is_symlink()
 
 
 def list_instances(base_dir: Path) -> list[str]:
@@ -189,6 +206,6 @@ def list_instances(base_dir: Path) -> list[str]:
             uuid.UUID(name)
         except ValueError:
             continue
-        if (base_dir / name).is_dir():
+        if _real_dir(base_dir / name):
             out.append(name)
     return sorted(out)

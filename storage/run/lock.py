@@ -26,7 +26,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ringtape.storage.run.layout import FILE_MODE, LOCK_NAME, MARKER_LOCK_NAME, open_regular
+from ringtape.storage.run.layout import (
+    FILE_MODE,
+    LOCK_NAME,
+    MARKER_LOCK_NAME,
+    fsync_dir,
+    open_regular,
+)
 
 RUN_LOCKS = (LOCK_NAME, MARKER_LOCK_NAME)
 MAX_LOCK_FILE_BYTES = 4096
@@ -37,6 +43,11 @@ OwnerAlive = Callable[[Path], bool]
 
 class LockHeldError(RuntimeError):
     """Another live process holds the run's writer lock."""
+
+
+class LockFileError(RuntimeError):
+    """The lock file is not a regular file (a FIFO, a device): nobody can hold it, nobody may
+    act on the run; the sweep reports it as skipped rather than as live."""
 
 
 class WriterLock:
@@ -58,10 +69,20 @@ class WriterLock:
         With ``create=False`` a missing lock file raises ``FileNotFoundError``."""
         path = run_dir / name
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-        fd = os.open(path, flags | (os.O_CREAT if create else 0), FILE_MODE)
+        try:
+            fd = os.open(path, flags | (os.O_CREAT | os.O_EXCL if create else 0), FILE_MODE)
+        except FileExistsError:
+            fd = os.open(path, flags, FILE_MODE)
+        else:
+            if create:  # a new lock file: its name must survive a power loss like the run's
+                try:
+                    fsync_dir(run_dir)
+                except BaseException:
+                    os.close(fd)
+                    raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise LockHeldError(f"{path} is not a regular file; the run is left alone")
+            raise LockFileError(f"{path} is not a regular file; the run is left alone")
         deadline = time.monotonic() + wait_s
         while True:
             try:

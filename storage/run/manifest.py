@@ -98,6 +98,10 @@ class Manifest:
             raise ManifestError("manifest anchor_fates is not an object of counts")
         if not isinstance(m.ts_init_backwards, int) or m.ts_init_backwards < 0:
             raise ManifestError(f"manifest ts_init_backwards {m.ts_init_backwards!r} is not valid")
+        if type(m.format) is not int or m.format != MANIFEST_FORMAT:
+            raise ManifestError(
+                f"manifest format {m.format!r} is not one this ringtape reads ({MANIFEST_FORMAT})"
+            )
         return m
 
 
@@ -111,9 +115,15 @@ def read_manifest(run_dir: Path) -> Manifest:
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes")
     try:
-        return Manifest.from_dict(json.loads(data))
+        parsed = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:  # '[' * 100_000: nested deeper than any manifest ringtape writes
+        raise ManifestError(f"{path}: not a manifest (JSON nested too deeply)") from None
+    try:
+        return Manifest.from_dict(parsed)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
 
 
 def write_manifest(

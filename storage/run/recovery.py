@@ -6,10 +6,13 @@ Rules of this module:
    run with is ``storage/run/status.py``'s table ``RECOVERY_VERDICTS``. Code here never picks a
    status itself.
 2. :func:`scan_run` only reads. :func:`apply_plan` is the only function that changes a run, and
-   it changes exactly two things: the torn tail at the end of a stream's last segment (kept in a
-   ``<segment>.torn`` side file, fsynced, before the segment is cut) and the manifest (rewritten
-   atomically). It never cuts a frame that checks out, and it cuts nothing at all in a run it
-   quarantines: those bytes are evidence.
+   it changes exactly three things: the torn tail at the end of a stream's last segment (kept
+   in a ``<segment>.torn`` side file, fsynced, before the segment is cut), the manifest
+   (rewritten atomically, once: status, watermarks, findings and the anchor index together, so
+   a crash leaves the old manifest or the whole new one), and then the temp files of writes the
+   crash interrupted (manifest, checkpoint and blob temps: never data). It never cuts a frame
+   that checks out, and it changes nothing but the manifest in a run it quarantines: those
+   bytes are evidence.
 3. Neither function touches a run whose writer or marker sidecar still holds its lock
    (``LockHeldError``). The caller decides which runs to sweep; a run whose manifest cannot be
    read is refused (``RecoveryError``) and left for a person or the next sweep.
@@ -18,7 +21,11 @@ Rules of this module:
    interrupted half-way is finished by the next one (a ``.torn`` file that already holds the
    same bytes is reused).
 
-Theory of operation: the events stream decides the verdict. Damage anywhere in it (any finding
+Theory of operation: each stream is scanned from its recovery checkpoint on
+(``storage/run/checkpoint.py``): the segments the writer rolled past were fsynced before the
+checkpoint named them, so only what follows (normally the last segment) is read and checked
+here, deeply; ``ringtape verify`` checks the rest. A missing or disagreeing checkpoint means a
+scan of the whole stream. The events stream decides the verdict. Damage anywhere in it (any finding
 but the torn tail at its very end) quarantines the run. Otherwise a stream with no entries, one
 that ends in ``RunEnded``, and one that does not are the three clean outcomes. The ``markers``
 stream never decides the verdict: its damage is recorded in the manifest's findings (marked
@@ -28,6 +35,7 @@ stream never decides the verdict: its damage is recorded in the manifest's findi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -35,8 +43,14 @@ from typing import Any, Final
 from ringtape.storage.check.findings import Finding, Kind
 from ringtape.storage.check.stream import StreamScan, scan_stream
 from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_RUN_STARTED
+from ringtape.storage.read.reader import CorruptionError
+from ringtape.storage.read.replay import iter_anchors
+from ringtape.storage.run.blobs import Anchor, BlobError
+from ringtape.storage.run.checkpoint import Checkpoint, checkpoint_start, read_checkpoint
 from ringtape.storage.run.layout import (
+    BLOB_DIR,
     LOCK_NAME,
+    MANIFEST_NAME,
     MARKER_LOCK_NAME,
     TORN_FILE_RE,
     TORN_SUFFIX,
@@ -88,6 +102,11 @@ class RecoveryPlan:
     cuts: tuple[Cut, ...]
     findings: tuple[dict[str, Any], ...]  # as the manifest will record them
     ts_init_backwards: int = 0  # counted by the scan (the writer's own count died with it)
+    # The anchor index the manifest will record (None: keep the manifest's, as for a run that
+    # is quarantined or settled already).
+    anchors: tuple[dict[str, Any], ...] | None = None
+    # Segments the scan started after, per stream (a checkpoint's; -1: scanned from the first).
+    checkpointed: tuple[tuple[str, int], ...] = ()
 
     @property
     def changes_anything(self) -> bool:
@@ -105,11 +124,16 @@ class RecoveryPlan:
             "cuts": [c.to_dict() for c in self.cuts],
             "findings": list(self.findings),
             "ts_init_backwards": self.ts_init_backwards,
+            "anchors": None if self.anchors is None else len(self.anchors),
+            "checkpointed": dict(self.checkpointed),
         }
 
 
-def classify(events: StreamScan) -> tuple[Outcome, list[Finding]]:
-    """The outcome of an events stream scan, and the damage findings that decided it."""
+def classify(
+    events: StreamScan, checkpoint: Checkpoint | None = None
+) -> tuple[Outcome, list[Finding]]:
+    """The outcome of an events stream scan (of the part after ``checkpoint``, if given), and
+    the damage findings that decided it."""
     damage = [f for f in events.findings if f.kind not in NOT_DAMAGE_IN_RECOVERY]
     first, last = events.first_entry, events.last_entry
     if first is not None and first.seq == 1 and first.topic != TOPIC_RUN_STARTED:
@@ -119,6 +143,10 @@ def classify(events: StreamScan) -> tuple[Outcome, list[Finding]]:
         )
     if damage:
         return Outcome.DAMAGED, damage
+    if last is None and checkpoint is not None and checkpoint.last_seq:
+        # Nothing after the checkpoint: its last entry is the run's, and it is not RunEnded
+        # (the writer rolls only to append another frame, and nothing follows RunEnded).
+        return Outcome.CLEAN_OPEN, damage
     if last is None:
         return Outcome.EMPTY, damage
     if last.topic == TOPIC_RUN_ENDED:
@@ -160,8 +188,50 @@ def _refuse_if_live(run_dir: Path) -> None:
             raise LockHeldError(f"{run_dir}: a live process holds {name}; it is not recovered")
 
 
+def _ts_init_backwards(events: StreamScan, checkpoint: Checkpoint | None) -> int:
+    """Entries whose ts_init went back: the checkpoint's count for the segments it covers, the
+    scan's for the rest, and the first entry after the checkpoint against its last."""
+    count = events.ts_backwards[0]
+    if checkpoint is None:
+        return count
+    first = next((s.first_entry for s in events.segments if s.first_entry is not None), None)
+    boundary = first is not None and first.ts_init < checkpoint.last_ts_init
+    return checkpoint.ts_init_backwards + count + int(boundary)
+
+
+def _scan_from_checkpoint(
+    run_dir: Path, stream: str, retained: int
+) -> tuple[StreamScan, Checkpoint | None]:
+    """The stream after its checkpoint (the whole stream without a usable one)."""
+    checkpoint = read_checkpoint(run_dir, stream) if retained <= 1 else None
+    start = None if checkpoint is None else checkpoint_start(run_dir, checkpoint)
+    if start is None:
+        return scan_stream(run_dir, stream, deep=True, retained_from_seq=retained), None
+    return scan_stream(run_dir, stream, deep=True, start=start), checkpoint
+
+
+def _anchor_index(
+    run_dir: Path, events: StreamScan, checkpoint: Checkpoint | None
+) -> tuple[dict[str, Any], ...]:
+    """The anchors of the stream as the manifest indexes them: the checkpoint's, then those
+    the scan passed after it."""
+    found: list[dict[str, Any]] = [] if checkpoint is None else list(checkpoint.anchors)
+    if not events.anchors_complete:  # a pathological number of anchors: read them again
+        try:
+            return tuple(a.to_index() for a in iter_anchors(run_dir))
+        except CorruptionError:
+            return tuple(found)
+    for entry in events.anchors:
+        try:
+            found.append(Anchor.from_payload(entry.payload, entry.seq).to_index())
+        except BlobError:
+            continue  # not a restore point; verify reports it
+    return tuple(found)
+
+
 def scan_run(run_dir: Path, *, locked: bool = False) -> RecoveryPlan:
-    """Scan a run (deeply, both streams) and decide its recovery; reads only.
+    """Scan a run (both streams, deeply, from their checkpoints) and decide its recovery;
+    reads only.
 
     ``locked``: the caller holds the run's locks (``ringtape.storage.run.lock.hold_run``)."""
     if not locked:
@@ -178,25 +248,38 @@ def scan_run(run_dir: Path, *, locked: bool = False) -> RecoveryPlan:
             manifest.ts_init_backwards,
         )  # fmt: skip
     retained = int(getattr(manifest, "retained_from_seq", 1))
-    events = scan_stream(run_dir, "events", deep=True, retained_from_seq=retained)
-    markers = scan_stream(run_dir, "markers", deep=True)
-    outcome, damage = classify(events)
+    events, events_cp = _scan_from_checkpoint(run_dir, "events", retained)
+    markers, markers_cp = _scan_from_checkpoint(run_dir, "markers", 1)
+    outcome, damage = classify(events, events_cp)
     last = events.last_entry
     recorded = [("events", f) for f in events.findings if f.kind in NOT_DAMAGE_IN_RECOVERY]
     recorded += [("events", f) for f in damage]
     recorded += [("markers", f) for f in markers.findings] + _leftovers(run_dir)
-    cuts = () if outcome is Outcome.DAMAGED else tuple(filter(None, (_cut(events), _cut(markers))))
+    damaged = outcome is Outcome.DAMAGED
+    cuts = () if damaged else tuple(filter(None, (_cut(events), _cut(markers))))
+    if last is not None:
+        high, end_ts = last.seq, last.ts_init
+    elif events_cp is not None and events_cp.last_seq:
+        high, end_ts = events_cp.last_seq, events_cp.last_ts_init
+    else:
+        high, end_ts = 0, None
+    marker_high = markers.last_seq or (0 if markers_cp is None else markers_cp.last_seq)
     return RecoveryPlan(
         run_dir=str(run_dir),
         current=manifest.status,
         outcome=outcome,
         status=RECOVERY_VERDICTS[outcome],
-        high_watermark=events.last_seq or 0,
-        end_ts_init=None if last is None else last.ts_init,
-        marker_high_watermark=markers.last_seq or 0,
+        high_watermark=high,
+        end_ts_init=end_ts,
+        marker_high_watermark=marker_high,
         cuts=cuts,
-        ts_init_backwards=events.ts_backwards[0],
+        ts_init_backwards=_ts_init_backwards(events, events_cp),
         findings=tuple(_as_recorded(run_dir, stream, f) for stream, f in recorded),
+        anchors=None if damaged else _anchor_index(run_dir, events, events_cp),
+        checkpointed=tuple(
+            (name, -1 if cp is None else cp.segment)
+            for name, cp in (("events", events_cp), ("markers", markers_cp))
+        ),
     )
 
 
@@ -284,8 +367,15 @@ def cut_torn_tail(run_dir: Path, stream: str) -> Cut | None:
     return cut
 
 
-def apply_plan(run_dir: Path, plan: RecoveryPlan, *, locked: bool = False) -> None:
-    """Carry out ``plan``: keep and cut torn tails, then rewrite the manifest atomically."""
+def apply_plan(
+    run_dir: Path,
+    plan: RecoveryPlan,
+    *,
+    locked: bool = False,
+    before_rename: Callable[[], None] | None = None,
+) -> None:
+    """Carry out ``plan``: keep and cut torn tails, rewrite the manifest atomically, then remove
+    the temp files the crash left (``before_rename``: see ``write_manifest``)."""
     if not locked:
         _refuse_if_live(run_dir)
     try:
@@ -307,8 +397,32 @@ def apply_plan(run_dir: Path, plan: RecoveryPlan, *, locked: bool = False) -> No
         marker_high_watermark=plan.marker_high_watermark,
         ts_init_backwards=plan.ts_init_backwards,
         findings=list(plan.findings),
+        anchors=manifest.anchors if plan.anchors is None else list(plan.anchors),
     )
-    write_manifest(run_dir, sealed)
+    # Temps go first (a quarantined run is evidence: left exactly as found): once the
+    # manifest says sealed, no sweep looks at the run again, so nothing would remove them.
+    if plan.status.is_sealed:
+        remove_stale_temps(run_dir)
+    # The one manifest write of a recovery: a crash before the rename leaves the run
+    # `running` (the next sweep starts over), after it the run is sealed whole.
+    write_manifest(run_dir, sealed, before_rename=before_rename)
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Temp files of manifest, checkpoint or blob writes a crash interrupted, removed (and the
+    directories fsynced). Never data: a manifest temp was never renamed into place (recovery
+    writes the manifest from the scan), nor was a checkpoint temp, and a blob temp is a blob
+    write that never completed."""
+    found = [
+        *run_dir.glob(f".{MANIFEST_NAME}.*.tmp"),
+        *run_dir.glob(".*.checkpoint.*.tmp"),
+        *run_dir.glob(f"{BLOB_DIR}/.*.tmp"),
+    ]
+    for path in found:
+        path.unlink(missing_ok=True)
+    for directory in {p.parent for p in found}:
+        fsync_dir(directory)
+    return found
 
 
 def recover_run(

@@ -53,6 +53,7 @@ from ringtape.storage.run.layout import (
     list_runs,
     list_segments,
     make_private_dir,
+    open_regular,
     run_sort_key,
 )
 from ringtape.storage.run.lock import writer_alive
@@ -128,8 +129,9 @@ def _segments(run_dir: Path, high_watermark: int) -> tuple[SegmentInfo, ...]:
     firsts: list[tuple[Path, int]] = []
     for path in list_segments(run_dir, "events"):
         try:
-            with open(path, "rb") as f:
-                first = decode_segment_header(f.read(SEGMENT_HEADER_SIZE)).first_seq
+            # Never a plain open(): a FIFO put in a segment's place would block it for good.
+            head = open_regular(path, SEGMENT_HEADER_SIZE)[:SEGMENT_HEADER_SIZE]
+            first = decode_segment_header(head).first_seq
         except (OSError, FormatError):
             first = 0
         firsts.append((path, first))

@@ -94,9 +94,11 @@ RECOVERY_VERDICTS: Final[dict[Outcome, RunStatus]] = {
 RECOVERABLE: Final = frozenset({RunStatus.RUNNING})
 
 # Kinds that describe what is kept around a run rather than damage to the record itself: they
-# are reported, but they never make a verification fail nor quarantine a run.
+# are reported as notes, but they never make a verification fail nor quarantine a run. A file
+# ringtape did not write (``notes.txt``) is one; something that is not a regular file where a
+# ringtape file or run directory should be (``wrong_file_type``) is not.
 INFORMATIONAL: Final[frozenset[Kind]] = frozenset(
-    {Kind.LEFTOVER_TORN, Kind.TS_INIT_BACKWARDS, Kind.ANCHOR_INCOMPLETE}
+    {Kind.LEFTOVER_TORN, Kind.UNEXPECTED_FILE, Kind.TS_INIT_BACKWARDS, Kind.ANCHOR_INCOMPLETE}
 )
 
 # Kinds the recovery of a running run does not count as damage: the torn tail at the very end

@@ -36,6 +36,29 @@ from ringtape.storage.segment.file import WINDOW, SegmentFile
 # ends in at least this many zero bytes reaching into the frame (see FORMAT.md): a flipped byte
 # cannot make a run this long in a frame, a zero-filled block after a crash does.
 MIN_ZERO_TAIL: Final = 64
+# Write-back happens in sectors: after a power loss, un-synced data can read back as whole
+# zeroed sectors (or a zeroed last partial sector), out of order with the sectors around them.
+SECTOR: Final = 512
+
+
+def zeroed_sector(f: SegmentFile, start: int, end: int) -> int | None:
+    """The offset of the first zeroed sector overlapping ``start..end``, or ``None``: a
+    ``SECTOR``-aligned block that reads as all zeros (a whole sector, or the file's last partial
+    one), or the bytes from ``start`` (where a frame must begin) to the end of its sector. A
+    flipped byte cannot make one; a sector that never reached the disk does (it reads as it was:
+    zeros past the end of the file as last synced)."""
+    boundary = min(start - start % SECTOR + SECTOR, f.size)
+    if start % SECTOR and start < boundary:
+        n = boundary - start
+        if bytes(f.read(start, n)).count(0) == n:
+            return start
+    offset = start - start % SECTOR
+    while offset < min(end, f.size):
+        n = min(SECTOR, f.size - offset)
+        if bytes(f.read(offset, n)).count(0) == n:
+            return offset
+        offset += SECTOR
+    return None
 
 
 class FrameAt(NamedTuple):
@@ -117,7 +140,12 @@ def next_frame(
         all-zero remainder and a header cut short by the end of the file;
       * or the header checks out but the frame it describes runs past the end of the file;
       * or the header checks out, the stored bytes fail their checksum, and the file ends in at
-        least ``MIN_ZERO_TAIL`` zero bytes that reach into the frame (a zero-filled block).
+        least ``MIN_ZERO_TAIL`` zero bytes that reach into the frame (a zero-filled block);
+      * or the header (or, when the header checks out, the stored bytes) fails its checksum and
+        a zeroed sector overlaps it: a ``SECTOR``-aligned block of it that reads as all zeros
+        (a whole sector, or the file's last partial one), or zeros from ``pos`` to the end of
+        its sector (:func:`zeroed_sector`). Write-back after a power loss can leave such a
+        block with written sectors after it, so everything from ``pos`` on is the torn tail.
     Anything else that is not a whole, checking frame is damage (``Broken`` or a ``FrameAt``
     with ``data_ok`` false).
     """
@@ -148,6 +176,9 @@ def next_frame(
             return Torn(
                 pos, None, f"{written} bytes of a frame header, then {rest - written} zero bytes"
             )
+        zeros = zeroed_sector(f, pos, pos + size)
+        if zeros is not None:
+            return Torn(pos, None, f"frame header unreadable, zeroed sector at offset {zeros}")
         return Broken(pos, f"frame header: {reason}")
     if version is not None and header.version != version:
         return Broken(
@@ -172,6 +203,12 @@ def next_frame(
             pos,
             header,
             f"stored bytes fail their checksum and the file is zero from offset {zeros}",
+        )
+    stored = memoryview(bytes(stored))  # the next reads reuse the window it points into
+    sector = zeroed_sector(f, pos + header.header_size, end)
+    if sector is not None:
+        return Torn(
+            pos, header, f"stored bytes fail their checksum, zeroed sector at offset {sector}"
         )
     return FrameAt(pos, header, raw_header, stored, False)
 
@@ -198,6 +235,8 @@ def read_segment_header(f: SegmentFile) -> SegmentHeader | Torn | Broken:
             None,
             f"the file holds {written} bytes of a segment header and {f.size - written} zero bytes",
         )
+    if zeroed_sector(f, 0, SEGMENT_HEADER_SIZE) is not None:  # never synced: nothing in it was
+        return Torn(0, None, "the segment header reads as a zeroed sector")
     return Broken(0, f"segment header: {reason}")
 
 

@@ -26,7 +26,7 @@ from ringtape.storage.run.lock import read_live_stats, writer_alive
 from ringtape.storage.run.manifest import ManifestError, read_manifest
 from ringtape.storage.segment.file import SegmentFile
 from ringtape.storage.segment.walk import Broken, Torn, next_frame, read_segment_header
-from ringtape.tools.arguments import EXIT_OK
+from ringtape.tools.arguments import EXIT_FINDINGS, EXIT_OK
 from ringtape.tools.common import (
     CliError,
     check_path,
@@ -56,6 +56,11 @@ class StreamTotals:
     last_seq: int | None = None
     stopped: str | None = None  # why the walk stopped early
     torn: bool = False  # it stopped at a torn tail (an append in progress, if the run is live)
+
+    @property
+    def damaged(self) -> bool:
+        """The walk stopped at something other than a torn tail."""
+        return self.stopped is not None and not self.torn
 
     def walk(self, path: Path) -> None:
         """Add one segment file's frames; on damage or a torn tail, note it and stop there."""
@@ -114,6 +119,9 @@ class RunRow:
     anchors: int
     markers: dict[str, int] = field(default_factory=dict)
     note: str | None = None
+    # The manifest is unreadable or a stream stopped at damage (not at a torn tail): the exit
+    # status says so (1), as verify's would.
+    damaged: bool = False
     live_stats: dict[str, Any] | None = None  # the writer's totals, while it runs
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +194,7 @@ def describe_run(run_dir: Path) -> RunRow:
         anchors=0 if manifest is None else len(manifest.anchors),
         markers=marker_counts(run_dir) if markers.segments else {"total": 0},
         note="; ".join(notes) or None,
+        damaged=manifest is None or events.damaged or markers.damaged,
         live_stats=live_stats(run_dir) if live else None,
     )
 
@@ -202,7 +211,7 @@ def live_stats(run_dir: Path) -> dict[str, Any] | None:
         durable, capacity = int(stats["durable_seq"]), int(stats["capacity"])
         running_s = (int(stats["updated_ns"]) - int(stats["started_ns"])) / 1e9
         commits = int(stats["commits"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     stats["in_ring"] = published - taken
     stats["ring_fill"] = (published - taken) / capacity if capacity else None
@@ -258,6 +267,7 @@ def describe_segment(path: Path) -> RunRow:
         anchors=0,
         markers={"total": totals.entries} if is_markers else {"total": 0},
         note=totals.stopped,
+        damaged=totals.damaged,
     )
 
 
@@ -288,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         json.dump({"runs": [r.to_dict() for r in rows]}, sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return EXIT_OK
+        return _status(rows)
     columns = [
         "RUN", "INSTANCE", "PARENT", "STATUS", "STARTED (UTC)", "ENDED (UTC)", "ENTRIES", "SEQ",
         "SEGMENTS", "DISK", "RATIO", "ANCHORS", "MARKERS", "PATH",
@@ -321,4 +331,9 @@ def run(args: argparse.Namespace) -> int:
         line = _live_line(row)
         if line is not None:
             out.print(line, markup=False)
-    return EXIT_OK
+    return _status(rows)
+
+
+def _status(rows: list[RunRow]) -> int:
+    """Findings (1) when a manifest could not be read or a stream stopped at damage."""
+    return EXIT_FINDINGS if any(r.damaged for r in rows) else EXIT_OK
