@@ -187,6 +187,17 @@ class Session:
             return HaltReason("WriterError", text or f"writer failed (exit {code})", errno=err)
         return HaltReason("WriterDied", f"writer process {self._how_it_ended(code)}")
 
+    def close_failure(self) -> HaltReason:
+        """Why the writer did not say CLOSED after a close request (``join_writer`` failed),
+        even when everything up to the request is durable."""
+        failure = self.writer_failure()
+        if failure is not None:
+            return failure
+        if self.process.poll() is not None or self.writer_exited():
+            code = self.process.poll()
+            return HaltReason("WriterDied", f"writer process {self._how_it_ended(code)} closing")
+        return HaltReason("WriterError", "the writer did not close within the seal timeout")
+
     def _how_it_ended(self, code: int | None) -> str:
         if code is None and self.pidfd >= 0:
             try:  # peek at the exit without reaping it (the monitor thread reaps)

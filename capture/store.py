@@ -502,7 +502,13 @@ class EventStore:
             )
             self._teardown(kill=True)
             return
-        session.join_writer(self.options.seal_timeout_s)
+        if not session.join_writer(self.options.seal_timeout_s):
+            # Every entry is durable, but the writer died (or hung) finishing the blobs of
+            # the last anchors: a blob temp may be left mid-write. The recovery sweep seals
+            # such a run whole (temps removed, anchors checked); the kernel must not.
+            self._halt(session.close_failure())
+            self._teardown(kill=True)
+            return
         faults = self.options.faults
         faults.kernel_point("seal_before_manifest")
         manifest = session.manifest

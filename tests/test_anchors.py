@@ -31,7 +31,7 @@ from ringtape import (
 from ringtape.capture.faults import FaultPlan
 from ringtape.storage.check.verify import verify_path
 from ringtape.storage.format.blob import BLOB_HEADER_SIZE, CODEC_ALIAS
-from ringtape.storage.format.entry import TOPIC_SNAPSHOT_ANCHOR
+from ringtape.storage.format.entry import TOPIC_RUN_ENDED, TOPIC_SNAPSHOT_ANCHOR
 from ringtape.storage.read.reader import iter_entries
 from ringtape.storage.read.replay import iter_anchors, newest_valid_anchor, replay_run
 from ringtape.storage.run.blobs import blob_header, read_snapshot
@@ -261,6 +261,9 @@ for i in range(2000):
         if spec.get("kill_kernel_after_anchor"):
             print(json.dumps({"anchored": True}), flush=True)
             time.sleep(60)
+        if spec.get("seal_after_anchor"):  # the writer writes this blob as it closes
+            store.seal()
+            break
 deadline = time.monotonic() + 20
 if spec.get("writer_dies"):  # its blob thread kills the writer: wait for the halt
     while not store.is_halted() and time.monotonic() < deadline:
@@ -302,10 +305,10 @@ def _lock_free(run_dir: Path) -> bool:
     return not writer_alive(run_dir)
 
 
-def recovered(base: Path, run_dir: Path) -> None:
+def recovered(base: Path, run_dir: Path, status: RunStatus = RunStatus.CRASHED_RECOVERED) -> None:
     boot = EventStore(EventStoreConfig(base_dir=str(base)), instance_id=run_dir.parent.name)
     boot.close()
-    assert read_manifest(run_dir).status is RunStatus.CRASHED_RECOVERED
+    assert read_manifest(run_dir).status is status
 
 
 def _writer_crash(point: str) -> dict[str, object]:
@@ -321,6 +324,18 @@ def _writer_crash(point: str) -> dict[str, object]:
         (_writer_crash("blob_durable"), 2, 2),  # blob durable, the kernel never told
         ({"faults": {"kernel_crash_at": "anchor_before_entry", "crash_anchor": 2}}, 1, 1),
         ({"kill_kernel_after_anchor": True}, 2, 2),  # the kernel dies: its writer finishes it
+        (  # seal() while the writer finishes anchor 2's (slow) blob, and it dies doing so
+            {**_writer_crash("blob_mid_write"), "seal_after_anchor": True}
+            | {
+                "faults": {
+                    "blob_crash_at": "blob_mid_write",
+                    "crash_anchor": 2,
+                    "blob_write_delay_s": 0.05,
+                }
+            },
+            1,
+            2,
+        ),
     ],
     ids=[
         "writer_killed_blob_taken",
@@ -328,6 +343,7 @@ def _writer_crash(point: str) -> dict[str, object]:
         "writer_killed_blob_durable",
         "kernel_killed_before_entry",
         "kernel_killed_after_anchor",
+        "writer_killed_mid_blob_at_seal",
     ],
 )
 def test_a_crash_in_the_anchor_path_replays_from_the_newest_complete_anchor(
@@ -343,7 +359,13 @@ def test_a_crash_in_the_anchor_path_replays_from_the_newest_complete_anchor(
         assert report_line == {}
     else:
         assert report_line == {"anchored": True}
-    recovered(tmp_path, run_dir)
+    # RunEnded was durable before the writer died closing: the sweep, not the kernel, seals
+    # that run (ended), removing the half-written blob's temp.
+    ended = bool(spec.get("seal_after_anchor")) and any(
+        e.topic == TOPIC_RUN_ENDED for e in iter_entries(run_dir)
+    )
+    recovered(tmp_path, run_dir, RunStatus.ENDED if ended else RunStatus.CRASHED_RECOVERED)
+    assert not list((run_dir / "blobs").glob(".*.tmp"))
     entries = [e for e in iter_entries(run_dir) if e.topic == TOPIC_SNAPSHOT_ANCHOR]
     assert len(entries) == anchor_entries
     target = Restored()
