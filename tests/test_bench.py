@@ -97,14 +97,25 @@ def test_judged_figures_carry_target_and_met(
         *result["anchors"]["sizes"].values(),
         result["anchors"]["blobs"],
         result["anchors"]["append_during_blob"],
+        result["append_latency"]["ringtape"]["producers_threads"],
+        result["append_latency"]["ringtape"]["varied_shapes"],
+        result["append_latency"]["ringtape"]["varied_over_fixed"],
+        *result["paced"]["rates"].values(),
+        result["lifecycle"],
     ]
     for section in judged:
         assert isinstance(section["target"], dict) and section["target"]
         assert isinstance(section["met"], bool)
     names = {check["name"] for check in result["checks"]}
-    # append (2 modes x 3), 5 pipeline figures, anchor() per size (4) and its 20 MB max,
-    # blob ratio and read speed, appends during a blob write
-    assert len(result["checks"]) == 2 * 3 + 5 + 4 + 1 + 2 + 1, names
+    # append (4 modes x 3), varied over fixed (p50, p99), 5 pipeline figures, paced (3 rates x
+    # CPU and durable lag), open and seal, anchor() per size (4) and its 20 MB max, blob ratio
+    # and read speed, appends during a blob write
+    assert len(result["checks"]) == 4 * 3 + 2 + 5 + 3 * 2 + 2 + 4 + 1 + 2 + 1, names
+    paced = result["paced"]["rates"]
+    assert set(paced) == {"10000", "50000", "100000"}
+    for row in paced.values():
+        assert set(row["cpu_us_per_entry"]) == {"writer", "sidecar"}
+        assert row["floor"]["us_per_entry"] > 0 and row["commits"] > 0
     assert all(isinstance(check["met"], bool) for check in result["checks"])
     comp = result["compression"]
     assert comp["raw_bytes"] > 0 and comp["stored_bytes"] > 0

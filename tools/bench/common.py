@@ -26,7 +26,7 @@ from ringtape.capture.config import (
     RegisteredComponents,
 )
 from ringtape.capture.ring import RingGeometry
-from ringtape.capture.store import EventStore
+from ringtape.capture.store import EventStore, StoreOptions
 from ringtape.storage.format.entry import ENTRY_HEADER_SIZE
 from ringtape.tools.arguments import BENCH_SEED
 from ringtape.tools.bench.baselines import (
@@ -65,6 +65,8 @@ SECTIONS: Final = (
     "idle_cpu",
     "compression",
     "anchors",
+    "paced",
+    "lifecycle",
 )
 
 TOPICS: Final = (
@@ -183,6 +185,29 @@ def make_messages(seed: int) -> Messages:
         items.append((topic, text.encode()[:size]))
     records = [ENTRY_HEADER_SIZE + len(t.encode()) + len(p) for t, p in items]
     return Messages(items, records)
+
+
+VARIED_TOPICS: Final = 2000
+VARIED_PAYLOAD_MIN: Final = 32
+VARIED_PAYLOAD_MAX: Final = 2048
+
+
+def make_varied_messages(seed: int = BENCH_SEED) -> list[tuple[str, bytes]]:
+    """``POOL_SIZE`` messages over 2,000 topics with payloads of 32–2,048 bytes: every
+    message a shape (topic, length) of its own, as a real engine's JSON or msgpack is."""
+    rng = random.Random(seed + 1)
+    topics = [
+        f"data.{rng.choice(('quotes', 'trades', 'book.deltas'))}.VENUE{i % 7}.SYM{i:04d}"
+        for i in range(VARIED_TOPICS)
+    ]
+    items = []
+    for _ in range(POOL_SIZE):
+        size = rng.randint(VARIED_PAYLOAD_MIN, VARIED_PAYLOAD_MAX)
+        text = '{"type":"bus"'
+        while len(text) < size:
+            text += "," + _field(rng)
+        items.append((rng.choice(topics), text.encode()[:size]))
+    return items
 
 
 def empty_record(topic: str, payload: bytes, *, ts_init: int | None = None) -> None:
@@ -397,10 +422,12 @@ def describe_config(config: EventStoreConfig) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def open_store(config: EventStoreConfig) -> Iterator[OpenStore]:
+def open_store(
+    config: EventStoreConfig, options: StoreOptions | None = None
+) -> Iterator[OpenStore]:
     me = psutil.Process()
     before = {p.pid for p in me.children()}
-    store = EventStore(config)
+    store = EventStore(config, options=options)
     try:
         store.open(uuid.uuid4(), RegisteredComponents(), Environment.LIVE)
         children = [p for p in me.children() if p.pid not in before]

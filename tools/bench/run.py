@@ -1,5 +1,5 @@
 """ringtape bench: the store side by side with multiprocessing.Queue, faster_fifo.Queue and a
-bare shared-memory ring (the floor: tools/bench_baselines.py), in one run; JSON out.
+bare shared-memory ring (the floor: tools/bench/baselines.py), in one run; JSON out.
 
 Every channel moves the same messages to another process: a fixed-seed pool of topics and
 JSON-like payloads of 128–256 bytes. ringtape gets ``(topic, payload, ts_init)``; the queues get
@@ -34,6 +34,13 @@ Sections of the JSON (a ``target`` and a ``met`` wherever the design gives a tar
 ``anchors``
     ``anchor()`` on the kernel's thread beside a copy of the same bytes, appends while a 20 MB
     blob is written, blob compression and read speed (``tools/bench/anchors.py``).
+``paced``
+    Writer and sidecar CPU per entry at a paced 10k/50k/100k entries/s with data markers on,
+    the append-to-durable percentiles, and the floor: a bare loop doing the same commits
+    (``tools/bench/paced.py``).
+``lifecycle``
+    ``open()`` and ``seal()`` of runs back to back on one store, markers on
+    (``tools/bench/lifecycle.py``).
 
 Temporary runs live under ``./.bench-tmp/`` (so ``fdatasync`` reaches the real disk) and are
 removed afterwards.
@@ -72,6 +79,8 @@ from ringtape.tools.bench.common import (
 )
 from ringtape.tools.bench.durability import section_append_to_durable, section_idle
 from ringtape.tools.bench.latency import section_append_latency
+from ringtape.tools.bench.lifecycle import section_lifecycle
+from ringtape.tools.bench.paced import section_paced
 from ringtape.tools.bench.throughput import section_unpaced
 
 
@@ -123,9 +132,31 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
             node = node.get(key) if isinstance(node, dict) else None
         return node
 
-    for mode in ("ts_init_passed", "default_clock"):
+    for mode in ("ts_init_passed", "default_clock", "producers_threads", "varied_shapes"):
         for key in TARGET_APPEND_NS:
             add(f"append {key} ({mode})", get("append_latency", "ringtape", mode), key)
+    cliff = get("append_latency", "ringtape", "varied_over_fixed")
+    for key in ("p50_ns", "p99_ns"):
+        add(f"varied shapes / fixed {key[:-3]}", cliff, key)
+    for rate, row in (get("paced", "rates") or {}).items():
+        out.append(
+            {
+                "name": f"writer+sidecar CPU us/entry at {int(rate) // 1000}k/s",
+                "value": row["background_us_per_entry"],
+                "target": row["target"]["background_us_per_entry"],
+                "met": row["background_us_per_entry"] <= row["target"]["background_us_per_entry"],
+            }
+        )
+        out.append(
+            {
+                "name": f"append to durable p99 at {int(rate) // 1000}k/s",
+                "value": row["durable_lag"]["p99_ns"],
+                "target": row["target"]["durable_lag_p99_ns"],
+                "met": row["durable_lag"]["p99_ns"] <= row["target"]["durable_lag_p99_ns"],
+            }
+        )
+    add("open() ms", get("lifecycle"), "open_ms")
+    add("seal() ms", get("lifecycle"), "seal_ms")
     add("producer cpu", get("producer_cpu", "ringtape"), "us_per_entry")
     add("durable throughput", get("durable_throughput", "ringtape"), "entries_per_s")
     add(
@@ -183,6 +214,8 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         (("append_to_durable",), section_append_to_durable),
         (("idle_cpu",), section_idle),
         (("anchors",), section_anchors),
+        (("paced",), section_paced),
+        (("lifecycle",), section_lifecycle),
     ]
     errors = []
     try:
@@ -267,9 +300,30 @@ def format_table(result: dict[str, Any]) -> str:
             f"other processes used {machine['other_processes_cores']:.2f} cores during the"
             f" {machine['wall_s']:.0f} s run (above ~0.2 the figures are pessimistic)"
         )
+    lines += _paced_lines(result.get("paced", {}))
+    life = result.get("lifecycle", {})
+    if "open_ms" in life:
+        lines.append(
+            f"open() median {life['open_ms']:.1f} ms (first {life['first_open_ms']:.1f} ms),"
+            f" seal() median {life['seal_ms']:.1f} ms, markers on [{_met(life['met'])}]"
+        )
     lines += _anchor_lines(result.get("anchors", {}))
     lines += [f"error in {'/'.join(e['sections'])}: {e['error']}" for e in result.get("errors", [])]
     return "\n".join(lines)
+
+
+def _paced_lines(paced: dict[str, Any]) -> list[str]:
+    lines = []
+    for rate, r in paced.get("rates", {}).items():
+        cpu = r["cpu_us_per_entry"]
+        lines.append(
+            f"paced {int(rate) // 1000}k/s: writer {cpu['writer']:.2f} + sidecar"
+            f" {cpu.get('sidecar', 0.0):.2f} us/entry (floor {r['floor']['us_per_entry']:.2f},"
+            f" {r['entries_per_commit']:.0f} entries/commit); durable lag p50"
+            f" {r['durable_lag']['p50_ns'] / 1e6:.2f} ms p99 {r['durable_lag']['p99_ns'] / 1e6:.2f}"
+            f" ms [{_met(r['met'])}]"
+        )
+    return lines
 
 
 def _anchor_lines(anchors: dict[str, Any]) -> list[str]:
