@@ -31,6 +31,7 @@ second of markers, never an entry, and recovery cuts the marker stream's torn ta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -73,6 +74,7 @@ MAX_PASS: Final = 1 << 18  # records folded in one pass before the loop looks ar
 FRAME_RECORDS: Final = 4096
 MIN_SLEEP_S: Final = 0.001
 INVALID_POLL_S: Final = 0.005  # how often an invalid next record is looked at again
+SIDECAR_NICE: Final = 10
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,10 @@ def sidecar_main(args: SidecarArgs, fds: tuple[int, ...]) -> None:
     """The sidecar process (``capture/child.py`` starts it): fold markers until told to stop."""
 
     def setup(views: MarkerViews) -> SidecarLoop:
+        # Below the writer: on a machine with a core or two, a sidecar pass that runs when the
+        # writer wakes for its batch must yield to it (markers are off the durability path).
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, SIDECAR_NICE)
         run_dir = Path(args.run_dir)
         # A verify or retention probe may hold the lock shared for an instant: retry briefly.
         lock = WriterLock.acquire(run_dir, MARKER_LOCK_NAME, wait_s=1.0)

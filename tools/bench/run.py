@@ -319,9 +319,11 @@ def _paced_lines(paced: dict[str, Any]) -> list[str]:
         lines.append(
             f"paced {int(rate) // 1000}k/s: writer {cpu['writer']:.2f} + sidecar"
             f" {cpu.get('sidecar', 0.0):.2f} us/entry (floor {r['floor']['us_per_entry']:.2f},"
+            f" back to back {r['floor']['us_per_entry_back_to_back']:.2f},"
             f" {r['entries_per_commit']:.0f} entries/commit); durable lag p50"
             f" {r['durable_lag']['p50_ns'] / 1e6:.2f} ms p99 {r['durable_lag']['p99_ns'] / 1e6:.2f}"
-            f" ms [{_met(r['met'])}]"
+            f" ms (the disk's fdatasync alone p99"
+            f" {r['floor']['fdatasync_wall']['p99_ns'] / 1e6:.2f} ms) [{_met(r['met'])}]"
         )
     return lines
 
