@@ -304,8 +304,10 @@ def format_table(result: dict[str, Any]) -> str:
     life = result.get("lifecycle", {})
     if "open_ms" in life:
         lines.append(
-            f"open() median {life['open_ms']:.1f} ms (first {life['first_open_ms']:.1f} ms),"
-            f" seal() median {life['seal_ms']:.1f} ms, markers on [{_met(life['met'])}]"
+            f"open() median {life['open_ms']:.1f} ms, seal() median {life['seal_ms']:.1f} ms,"
+            f" markers on [{_met(life['met'])}]; back to back (children still starting):"
+            f" open() {life['back_to_back_open_ms']:.1f} ms, seal()"
+            f" {life['back_to_back_seal_ms']:.1f} ms"
         )
     lines += _anchor_lines(result.get("anchors", {}))
     lines += [f"error in {'/'.join(e['sections'])}: {e['error']}" for e in result.get("errors", [])]
