@@ -17,7 +17,7 @@ from ringtape.storage.format.entry import encode_entry
 from ringtape.storage.run.lock import WriterLock
 from ringtape.storage.run.manifest import read_manifest, write_manifest
 from ringtape.storage.run.status import RunStatus
-from ringtape.tools.verify_pool import scanner
+from ringtape.tools.verify_pool import scanner, verify_in_workers
 
 FINDING_KEYS = {"kind", "path", "offset", "seq_from", "seq_to", "detail"}
 
@@ -67,6 +67,27 @@ def test_parallel_scan_and_progress(tmp_path: Path) -> None:
     total = sum(p.stat().st_size for p in base.rglob("*.seg"))
     assert calls and calls[-1] == (total, total)
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(calls))
+
+
+def test_runs_verified_in_workers_report_as_in_this_process(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    runs = [make_run(base, 300, segment_bytes=4096, start_ts=t) for t in (10, 20, 30)]
+    seg = runs[1] / "events-000001.seg"
+    data = bytearray(seg.read_bytes())
+    data[300] ^= 1  # one damaged run among intact ones
+    seg.write_bytes(data)
+    (base / "notes.txt").write_text("not ringtape's\n")  # a finding about the base itself
+    calls: list[tuple[int, int]] = []
+    in_workers = verify_in_workers(base, 2, lambda done, total: calls.append((done, total)))
+    here = verify_path(base)
+    assert in_workers.to_dict() == here.to_dict()
+    assert not here.ok and [r.verdict.startswith("DAMAGED") for r in here.runs] == [
+        False,
+        True,
+        False,
+    ]
+    total = sum(p.stat().st_size for p in base.rglob("*.seg"))
+    assert calls and calls[-1] == (total, total)
 
 
 def test_report_json_shape(tmp_path: Path) -> None:

@@ -1,8 +1,12 @@
-"""Deep scans for ``ringtape verify`` in worker processes (a ``storage.check.verify.Scanner``).
+"""``ringtape verify`` in worker processes: whole runs, or the segments of one run.
 
-A worker that dies (a crash on a hostile file) breaks the pool; every scan it took down is
-retried alone in a fresh worker, and a file that kills that one too becomes a finding about the
-file. Workers are spawned (never forked from a process that may hold threads).
+A path that holds several runs is verified a run per worker (``verify_in_workers``): the
+marker check and the run checks run there too, which is most of the time on a marker-heavy
+run. One run is verified in this process with its segments' deep scans in the workers (a
+``storage.check.verify.Scanner``). A worker that dies (a crash on a hostile file) breaks the
+pool; every scan (or run) it took down is done again alone: a run through the guarded segment
+scans, a segment in a fresh worker, and a file that kills that one too becomes a finding about
+the file. Workers are spawned (never forked from a process that may hold threads).
 """
 
 from __future__ import annotations
@@ -15,13 +19,55 @@ from pathlib import Path
 
 from ringtape.storage.check.scan import SegmentScan
 from ringtape.storage.check.verify import (
+    STREAMS,
+    ProgressFn,
     Scanner,
     ScanProgress,
+    VerifyReport,
     failed_scan,
     file_size,
+    find_runs,
     scan_guarded,
     scan_sequentially,
+    verify_path,
 )
+from ringtape.storage.run.layout import list_segments
+
+
+def verify_in_workers(path: Path, jobs: int, progress: ProgressFn | None = None) -> VerifyReport:
+    """``verify_path(path)`` with ``jobs`` worker processes: a run per worker when ``path``
+    holds several runs, else the segments of the one run in parallel. The report is the same
+    as ``verify_path``'s, in the same order."""
+    runs, loose, odd = find_runs(path)
+    if jobs <= 1 or len(runs) < 2:
+        return verify_path(path, scan=scanner(jobs), progress=progress)
+    sizes = {r: sum(file_size(p) for s in STREAMS for p in list_segments(r, s)) for r in runs}
+    total = sum(sizes.values()) + sum(file_size(p) for p in loose)
+    tracker = ScanProgress(total, progress)
+    reports: dict[Path, VerifyReport] = {}
+    retry: list[Path] = []
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=ctx) as pool:
+        futures = {pool.submit(verify_path, r): r for r in runs}
+        for fut in as_completed(futures):
+            r = futures[fut]
+            try:
+                reports[r] = fut.result()
+            except BrokenProcessPool:
+                retry.append(r)  # verified again below, each segment guarded on its own
+                continue
+            tracker(sizes[r])
+    for r in retry:
+        reports[r] = verify_path(r, scan=scanner(jobs))
+        tracker(sizes[r])
+    for seg in loose:
+        reports[seg] = verify_path(seg)
+        tracker(file_size(seg))
+    ordered = [reports[p] for p in (*runs, *loose)]
+    return VerifyReport(
+        tuple(s for rep in ordered for s in rep.runs),
+        (*odd, *(f for rep in ordered for f in rep.findings)),
+    )
 
 
 def scanner(jobs: int) -> Scanner:

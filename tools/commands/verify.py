@@ -12,7 +12,7 @@ import json
 import sys
 
 from ringtape.storage.check.findings import KINDS, Finding, Kind
-from ringtape.storage.check.verify import RunSummary, VerifyReport, verify_path
+from ringtape.storage.check.verify import RunSummary, VerifyReport
 from ringtape.storage.run.status import INFORMATIONAL
 from ringtape.tools.arguments import EXIT_FINDINGS, EXIT_OK
 from ringtape.tools.common import (
@@ -29,7 +29,7 @@ from ringtape.tools.common import (
     progress_wanted,
     table,
 )
-from ringtape.tools.verify_pool import scanner
+from ringtape.tools.verify_pool import verify_in_workers
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(why)
     jobs = choose_jobs(path, args.jobs)
     with byte_progress("verifying", progress_wanted(args.json)) as progress:
-        report = verify_path(path, scan=scanner(jobs), progress=progress)
+        report = verify_in_workers(path, jobs, progress)
     if not report.runs and all(f.kind is Kind.UNREADABLE for f in report.findings):
         why = report.findings[0].detail if report.findings else "no runs found"
         raise CliError(f"{args.path}: nothing to verify: {why}")
