@@ -38,7 +38,7 @@ from typing import Any
 SECTOR = 512
 
 RECORDER = r"""
-import json, os, base64
+import json, os, base64, threading
 
 _LOG = os.environ.get("RINGTAPE_OPLOG")
 _ROOT = os.environ.get("RINGTAPE_OPLOG_ROOT")
@@ -52,6 +52,7 @@ if _LOG and _ROOT:
 
     def _emit(**rec):
         rec["pid"] = os.getpid()
+        rec["tid"] = threading.get_native_id()
         _real["write"](_log, (json.dumps(rec) + "\n").encode())
 
     def _under(p):

@@ -138,11 +138,15 @@ def test_every_new_name_is_fsynced_into_its_directory(recording: Recording) -> N
     """Defect 9: every file or directory ringtape creates or renames into place (run and parent
     directories, lock files, segments, checkpoints, blobs, manifests) has its directory fsynced
     before the process that made it fsyncs any other file, claims anything durable, or exits:
-    a power loss can never keep what came after it and lose the name."""
+    a power loss can never keep what came after it and lose the name. The order is per thread:
+    the writer's blob thread renames a blob and fsyncs ``blobs/`` while its main thread goes on
+    syncing segments, and neither relies on the other's names."""
     ops = recording.ops
-    pending: dict[int, dict[str, str]] = {}  # pid -> {new path: its directory}
+    # (pid, thread) -> {new path: its directory}
+    pending: dict[tuple[int, int], dict[str, str]] = {}
     for op in ops:
-        kind, mine = op["op"], pending.setdefault(op.get("pid", 0), {})
+        kind = op["op"]
+        mine = pending.setdefault((op.get("pid", 0), op.get("tid", 0)), {})
         if kind in ("create", "mkdir", "rename"):
             path = op["dst"] if kind == "rename" else op["path"]
             if ".tmp" not in Path(path).name:  # a temp name is never relied on
@@ -156,9 +160,14 @@ def test_every_new_name_is_fsynced_into_its_directory(recording: Recording) -> N
                 assert not others, f"{op['path']} fsynced while {others} are not in their dirs"
         elif kind == "durable" and op["seq"] >= 1:
             # What durable_seq() promises is the entry stream: the marker stream's files (the
-            # sidecar's, synced on its own schedule) are not part of that claim.
+            # sidecar's, synced on its own schedule) and blobs (an anchor is a restore point
+            # only once its blob thread has fsynced blobs/) are not part of that claim.
             names = [p for mine in pending.values() for p in mine]
-            claimed = [p for p in names if not Path(p).name.startswith("markers")]
+            claimed = [
+                p
+                for p in names
+                if not Path(p).name.startswith("markers") and Path(p).parent.name != "blobs"
+            ]
             assert not claimed, f"durable {op['seq']} claimed with {claimed} not in their dirs"
     assert not any(pending.values()), f"names never fsynced into their directory: {pending}"
 
