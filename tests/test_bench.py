@@ -111,6 +111,8 @@ def test_judged_figures_carry_target_and_met(
     # CPU and durable lag), open and seal, anchor() per size (4) and its 20 MB max, blob ratio
     # and read speed, appends during a blob write
     assert len(result["checks"]) == 4 * 3 + 2 + 5 + 3 * 2 + 2 + 4 + 1 + 2 + 1, names
+    cliff = result["append_latency"]["ringtape"]["varied_over_fixed"]
+    assert cliff["baseline"]["name"] == "bare_ring" and cliff["baseline"]["p50_ns"] > 0
     paced = result["paced"]["rates"]
     assert set(paced) == {"10000", "50000", "100000"}
     for row in paced.values():
