@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ringtape.storage.check.findings import Finding, Kind
+from ringtape.storage.check.marker_bulk import marker_stream_clean
 from ringtape.storage.format.markers import (
     Cursor,
     CursorSnapshot,
@@ -222,5 +223,10 @@ def check_marker_stream(run_dir: Path, entry_high_watermark: int) -> list[Findin
     observation numbers or ``event_seq_before`` going back (``marker_cursor_backwards``),
     ``event_seq_before`` past ``entry_high_watermark`` (``marker_event_seq_ahead``) and records
     that do not decode (``decode_error``). Damage to the segments themselves is the segment
-    scan's to report; this reads the intact prefix of the stream."""
+    scan's to report; this reads the intact prefix of the stream.
+
+    A clean stream is proven clean in bulk first (``storage/check/marker_bulk.py``); only a
+    stream that proof does not clear is checked record by record, for the findings."""
+    if marker_stream_clean(run_dir, entry_high_watermark):
+        return []
     return check_records(iter_marker_entries(run_dir), entry_high_watermark)
