@@ -28,6 +28,7 @@ from ringtape.capture.child import Spares
 from ringtape.capture.control import STATE_CLOSED, STATE_FAILED, wait_for_state
 from ringtape.capture.doorbell import Doorbell, new_address
 from ringtape.capture.errors import DISK_ERRNOS, HaltReason
+from ringtape.capture.liveness import child_dying
 from ringtape.capture.ring import (
     BYTES_RAW,
     BYTES_STORED,
@@ -172,6 +173,8 @@ class Session:
         ctrl = self.views.ctrl
         failed = int(ctrl[WRITER_STATE]) == STATE_FAILED
         code = self.process.poll()
+        if code is None and not self.writer_exited():
+            code = child_dying(self.process.pid)  # killed, its threads still exiting
         if not failed and code is None and not self.writer_exited():
             return None
         if not failed and self.closed_cleanly():
@@ -193,8 +196,10 @@ class Session:
         failure = self.writer_failure()
         if failure is not None:
             return failure
-        if self.process.poll() is not None or self.writer_exited():
-            code = self.process.poll()
+        code = self.process.poll()
+        if code is None and not self.writer_exited():
+            code = child_dying(self.process.pid)
+        if code is not None or self.writer_exited():
             return HaltReason("WriterDied", f"writer process {self._how_it_ended(code)} closing")
         return HaltReason("WriterError", "the writer did not close within the seal timeout")
 

@@ -98,7 +98,9 @@ def test_follow_prints_durable_entries_live_across_rolls_until_the_seal(tmp_path
         assert kernel.stdin is not None and kernel.stdout is not None
         run_dir = Path(json.loads(kernel.stdout.readline())["run_dir"])
         tail = subprocess.Popen(
-            command("tail", tmp_path, "latest", "--follow", "--lines", "0", "--poll", "0.05"),
+            # --lines 5, not 0: a tail that starts after the first burst is durable (a slow
+            # start on a loaded machine) still shows its last entries, then follows.
+            command("tail", tmp_path, "latest", "--follow", "--lines", "5", "--poll", "0.05"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_run, records, write_stream
-from pipeline_support import wait_until, walk_entries
+from pipeline_support import pid_alive, wait_until, walk_entries
 
 from ringtape import (
     DataMarkerConfig,
@@ -273,12 +273,19 @@ def test_recovery_counts_ts_init_going_backwards_from_the_data(tmp_path: Path) -
 # -- the right reason under load -------------------------------------------------------------
 
 
+def _process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0]
+
+
 def test_a_killed_writer_is_writer_died_even_with_the_ring_full(
     tmp_path: Path, stores: list[EventStore], cpu_hogs: None
 ) -> None:
-    """The writer dies while the producer waits for room: whichever of the monitor thread
-    (starved by the hogs, it may be late) and the stalled producer's own timer notices first,
-    the reason is the death."""
+    """The writer dies with the ring full and the producer then waits for room: whichever of
+    the monitor thread (starved by the hogs, it may be late) and the stalled producer's own
+    timer notices first, the reason is the death. The order is made, not timed: the ring is
+    filled while the writer is stopped, the writer is killed and seen dead, and only then
+    does the producer ask for room."""
     for trial in range(4):
         store = open_store(
             stores,
@@ -288,13 +295,18 @@ def test_a_killed_writer_is_writer_died_even_with_the_ring_full(
         )
         pid = store.writer_pid()
         assert pid is not None
-        os.kill(pid, signal.SIGSTOP)  # the ring fills and the producer waits in the slow path
-        killer = threading.Timer(0.03, lambda p=pid: os.kill(p, signal.SIGKILL))
-        killer.start()
+        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda p=pid: _process_state(p) == "T", 10, "the writer to stop")
+        stats = store.stats()
+        assert stats is not None
+        for _ in range(stats.ring_capacity - stats.in_ring):  # fills the ring, never waits
+            store.append("events.x", b"y")
+        stats = store.stats()
+        assert stats is not None and stats.in_ring == stats.ring_capacity
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda p=pid: not pid_alive(p), 10, "the writer to die")
         with pytest.raises(StoreHalted) as caught:
-            for _ in range(100_000):
-                store.append("events.x", b"y" * 200)
-        killer.join()
+            store.append("events.x", b"y")  # no room: the slow path, or the halt already
         assert caught.value.reason.kind == "WriterDied", (trial, caught.value.reason)
         store.seal()
 
