@@ -39,6 +39,7 @@ import numpy.typing as npt
 
 from ringtape.capture import control
 from ringtape.storage.format.entry import ENTRY_HEADER_SIZE, TS_PUBLISH_OFFSET
+from ringtape.storage.format.frame_index import FrameIndex
 
 # Control block words (capture/control.py has the layout both rings share).
 MAGIC: Final = control.MAGIC
@@ -140,6 +141,8 @@ _SEQ_SPAN: Final = np.arange(16, 24, dtype=np.int64)
 _TS_INIT: Final = np.arange(24, 32, dtype=np.int64)
 _TS_PUBLISH: Final = np.arange(32, 40, dtype=np.int64)
 _WALK_HEADER: Final = struct.Struct("<I12xQQ")  # record_len, seq, ts_init
+_TOPIC_KEY: Final = struct.Struct(">Q")  # the frame index's topic key: 8 bytes at +40
+_KEY_END: Final = 48  # a record at least this long holds its whole topic key
 _TS_PUBLISH_AT: Final = struct.Struct("<Q")
 
 
@@ -155,6 +158,20 @@ class Batch:
     ts_backwards: int = 0  # entries whose ts_init is below the entry before them
     ts_backwards_first: int = 0  # the seq of the first of them (0: none)
     ts_backwards_seqs: npt.NDArray[np.int64] | None = None  # the seqs of all of them
+    # Each record's ts_init and topic key (storage/format/frame_index.py), as the ring walk read
+    # them on its way: the frame index without a pass over the frame. None when the take was
+    # vectorised, or when a record is too short for its key to lie inside it.
+    ts_inits: list[int] | None = None
+    topic_keys: list[int] | None = None
+
+    def frame_index(self, first_seq: int, count: int) -> FrameIndex | None:
+        """The index of the frame of records ``first_seq .. first_seq + count - 1`` (``None``:
+        not known here; the segment writer computes it from the frame)."""
+        if self.ts_inits is None or self.topic_keys is None:
+            return None
+        i = first_seq - self.first_seq
+        ts, keys = self.ts_inits[i : i + count], self.topic_keys[i : i + count]
+        return FrameIndex(min(ts), max(ts), min(keys), max(keys))
 
     @property
     def count(self) -> int:
@@ -317,6 +334,8 @@ class RingConsumer:
         index, data, smask, rmask = v.index, v.data, self._smask, self._rmask
         ring_bytes = v.geometry.ring_bytes
         unpack = _WALK_HEADER.unpack_from
+        unpack_key = _TOPIC_KEY.unpack_from
+        keys: list[int] | None = []
         first = seq = self.read_seq + 1
         pos = self.read_pos
         runs: list[tuple[int, int]] = []  # contiguous physical byte ranges to copy
@@ -346,6 +365,11 @@ class RingConsumer:
             if ts < last_ts:
                 backs.append(seq)
             last_ts = ts
+            if keys is not None:
+                if length >= _KEY_END:
+                    keys.append(unpack_key(data, phys + 40)[0])
+                else:  # the key runs past the record: the frame's bytes decide (rare)
+                    keys = None
             offsets.append(out)
             stamps.append(ts)
             out += length
@@ -370,6 +394,8 @@ class RingConsumer:
                 pack(records, off + TS_PUBLISH_OFFSET, ts_publish)
         self.last_ts_init = last_ts
         batch = Batch(first, records, np.array(offsets, dtype=np.int64), pos)
+        if keys is not None:
+            batch.ts_inits, batch.topic_keys = stamps, keys
         if backs:
             batch.ts_backwards, batch.ts_backwards_first = len(backs), backs[0]
             batch.ts_backwards_seqs = np.array(backs, dtype=np.int64)

@@ -287,7 +287,8 @@ class WriterLoop:
             k = 0
             if back is not None:  # the checkpoint counts them per segment
                 k = int(np.count_nonzero((back >= first_seq) & (back < first_seq + len(offsets))))
-            stored += seg.append(records, offsets, first_seq, ts_backwards=k)
+            index = batch.frame_index(first_seq, len(offsets))
+            stored += seg.append(records, offsets, first_seq, index=index, ts_backwards=k)
         ctrl = self.v.ctrl
         ctrl[FRAMES_WRITTEN] += len(frames)
         ctrl[BYTES_STORED] += stored

@@ -36,6 +36,8 @@ from ringtape.storage.format.entry import (
     check_records,
     decode_entry,
 )
+from ringtape.storage.format.frame import build_body
+from ringtape.storage.format.frame_index import frame_index
 
 TOPIC = "data.quotes.SIM.AUD/USD"
 TYPE = "QuoteTick"
@@ -140,6 +142,35 @@ def test_a_take_checks_out_and_stamps_every_record() -> None:
         assert seen == 600
         # ts_init goes 1000, 999, 998, 1000, ...: back at every step but each third
         assert consumer.read_seq == 600
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["", "a", "data.x", "data.quotes.SIM.AUD/USD"]), st.integers(0, 40)
+        ),
+        min_size=1,
+        max_size=120,
+    ),
+    st.integers(1, 50),
+)
+def test_the_walks_frame_index_is_the_frames_own(
+    shapes: list[tuple[str, int]], per_frame: int
+) -> None:
+    """The index the walk gathers on its way equals the one computed from each frame's body,
+    short records (whose key runs past them: the walk then leaves it to the frame) included."""
+    with ring(capacity=256) as (producer, consumer, _, _):
+        for i, (topic, size) in enumerate(shapes):
+            producer.append(topic, bytes([65 + i % 26]) * size, ts_init=(i * 7919) % 1000)
+        batch = consumer._walk(len(shapes), 0, 1)
+        assert batch is not None
+        short = any(ENTRY_HEADER_SIZE + len(t) + n < 48 for t, n in shapes)
+        assert (batch.ts_inits is None) == short
+        for first_seq, records, offsets in batch.frames(per_frame):
+            own = batch.frame_index(first_seq, len(offsets))
+            if own is not None:
+                assert own == frame_index(build_body(records, offsets), offsets)
 
 
 def test_ts_init_going_backwards_is_counted_by_both_paths() -> None:
