@@ -21,6 +21,7 @@ from ringtape.storage.format.markers import (
     REASON_BOUNDARY,
     REASON_CLOSE,
     encode_cursor,
+    encode_cursor_one,
     encode_gap,
     encode_hifi,
     encode_stream,
@@ -159,16 +160,25 @@ class MarkerFolder:
 
     def snapshot(self, reason: int) -> None:
         """A ``marker.cursor`` record of the streams advanced since the last one."""
-        if not self.dirty:
+        dirty = self.dirty
+        if not dirty:
             return
         count, hi, ordinal = self.count, self.hi, self.ordinal
-        items: list[int] = []
-        add = items.extend
-        for s in self.dirty:
-            add((s, ordinal[s], count[s], hi[s]))
-        self.out.append(
-            encode_cursor(self.next_seq, self.ts_init, self.last_obs, self.esb, reason, items)
-        )
+        if len(dirty) == 1:  # entries and observations interleaved: one stream moved
+            (s,) = dirty
+            one = (s, ordinal[s], count[s], hi[s])
+            record = encode_cursor_one(
+                self.next_seq, self.ts_init, self.last_obs, self.esb, reason, one
+            )
+        else:
+            items: list[int] = []
+            add = items.extend
+            for s in dirty:
+                add((s, ordinal[s], count[s], hi[s]))
+            record = encode_cursor(
+                self.next_seq, self.ts_init, self.last_obs, self.esb, reason, items
+            )
+        self.out.append(record)
         self.next_seq += 1
         self.snapshots += 1
         self.dirty.clear()

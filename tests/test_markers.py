@@ -37,6 +37,7 @@ from ringtape.storage.format.markers import (
     StreamDef,
     decode_marker,
     encode_cursor,
+    encode_cursor_one,
     encode_gap,
     encode_hifi,
     encode_stream,
@@ -251,6 +252,8 @@ def test_records_round_trip() -> None:
     )
     cur = decode_marker(decode_entry(encode_cursor(2, 9, 40, 7, 1, [3, 2, 10, 9]), 0))
     assert cur == CursorSnapshot(2, 9, 40, 7, 1, ((3, Cursor(10, 9, 2)),))
+    one = encode_cursor_one(2, 9, 40, 7, 1, (3, 2, 10, 9))
+    assert one == encode_cursor(2, 9, 40, 7, 1, [3, 2, 10, 9])
     fp = fingerprint("Quote", "É.SIM", 8, 9)
     hifi = decode_marker(decode_entry(encode_hifi(3, 9, 41, 7, 3, 2, 8, fp), 0))
     assert hifi == HiFiMarker(3, 9, 41, 7, 3, 2, 8, fp)

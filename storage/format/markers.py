@@ -233,6 +233,22 @@ def encode_cursor(
     )  # fmt: skip
 
 
+def encode_cursor_one(
+    marker_seq: int,
+    ts_init: int,
+    obs: int,
+    event_seq_before: int,
+    reason: int,
+    cursor: tuple[int, int, int, int],
+) -> bytes:
+    """:func:`encode_cursor` of one cursor (``stream, ordinal, count, ts_init_hi``): the common
+    snapshot when entries and observations interleave, without building the item list."""
+    return _CURSOR_ONE.pack(
+        _CURSOR_ONE.size, _CURSOR_ONE_PLEN, len(TOPIC_CURSOR), len(PAYLOAD_BIN), 0, marker_seq,
+        ts_init, 0, _CURSOR_PREFIX, obs, event_seq_before, reason, 1, *cursor,
+    )  # fmt: skip
+
+
 _CURSOR_RECORDS: Final[dict[int, struct.Struct]] = {}
 
 
@@ -245,6 +261,10 @@ def _cursor_record(n: int) -> struct.Struct:
     if n <= 1024:
         _CURSOR_RECORDS[n] = layout
     return layout
+
+
+_CURSOR_ONE: Final = _cursor_record(1)
+_CURSOR_ONE_PLEN: Final = CURSOR_HEAD.size + CURSOR_ITEM.size
 
 
 def _encode_payload(
