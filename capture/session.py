@@ -172,9 +172,7 @@ class Session:
         """Why the writer can no longer write (``None``: it can, as far as anyone knows)."""
         ctrl = self.views.ctrl
         failed = int(ctrl[WRITER_STATE]) == STATE_FAILED
-        code = self.process.poll()
-        if code is None and not self.writer_exited():
-            code = child_dying(self.process.pid)  # killed, its threads still exiting
+        code = self._exit_code()
         if not failed and code is None and not self.writer_exited():
             return None
         if not failed and self.closed_cleanly():
@@ -196,12 +194,17 @@ class Session:
         failure = self.writer_failure()
         if failure is not None:
             return failure
-        code = self.process.poll()
-        if code is None and not self.writer_exited():
-            code = child_dying(self.process.pid)
+        code = self._exit_code()
         if code is not None or self.writer_exited():
             return HaltReason("WriterDied", f"writer process {self._how_it_ended(code)} closing")
         return HaltReason("WriterError", "the writer did not close within the seal timeout")
+
+    def _exit_code(self) -> int | None:
+        """The writer's exit status once it has exited or is certain to (``None``: neither)."""
+        code = self.process.poll()
+        if code is None and not self.writer_exited():
+            code = child_dying(self.process.pid)  # killed, its threads still exiting
+        return code
 
     def _how_it_ended(self, code: int | None) -> str:
         if code is None and self.pidfd >= 0:

@@ -12,10 +12,11 @@ the file. Workers are spawned (never forked from a process that may hold threads
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TypeVar
 
 from ringtape.storage.check.scan import SegmentScan
 from ringtape.storage.check.verify import (
@@ -33,6 +34,8 @@ from ringtape.storage.check.verify import (
 )
 from ringtape.storage.run.layout import list_segments
 
+T = TypeVar("T")
+
 
 def verify_in_workers(path: Path, jobs: int, progress: ProgressFn | None = None) -> VerifyReport:
     """``verify_path(path)`` with ``jobs`` worker processes: a run per worker when ``path``
@@ -44,20 +47,8 @@ def verify_in_workers(path: Path, jobs: int, progress: ProgressFn | None = None)
     sizes = {r: sum(file_size(p) for s in STREAMS for p in list_segments(r, s)) for r in runs}
     total = sum(sizes.values()) + sum(file_size(p) for p in loose)
     tracker = ScanProgress(total, progress)
-    reports: dict[Path, VerifyReport] = {}
-    retry: list[Path] = []
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=ctx) as pool:
-        futures = {pool.submit(verify_path, r): r for r in runs}
-        for fut in as_completed(futures):
-            r = futures[fut]
-            try:
-                reports[r] = fut.result()
-            except BrokenProcessPool:
-                retry.append(r)  # verified again below, each segment guarded on its own
-                continue
-            tracker(sizes[r])
-    for r in retry:
+    reports, retry = _map_in_workers(verify_path, runs, jobs, lambda r: tracker(sizes[r]))
+    for r in retry:  # verified again here, each segment guarded on its own
         reports[r] = verify_path(r, scan=scanner(jobs))
         tracker(sizes[r])
     for seg in loose:
@@ -86,19 +77,8 @@ def scanner(jobs: int) -> Scanner:
 def _scan_in_workers(
     paths: Sequence[Path], jobs: int, progress: ScanProgress
 ) -> dict[Path, SegmentScan]:
-    out: dict[Path, SegmentScan] = {}
+    out, retry = _map_in_workers(scan_guarded, paths, jobs, lambda p: progress(file_size(p)))
     ctx = multiprocessing.get_context("spawn")
-    retry: list[Path] = []
-    with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=ctx) as pool:
-        futures = {pool.submit(scan_guarded, p): p for p in paths}
-        for fut in as_completed(futures):
-            p = futures[fut]
-            try:
-                out[p] = fut.result()
-            except BrokenProcessPool:
-                retry.append(p)
-                continue
-            progress(file_size(p))
     for p in sorted(retry):
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as alone:
             try:
@@ -107,3 +87,24 @@ def _scan_in_workers(
                 out[p] = failed_scan(p, "the scan worker died reading this file")
         progress(file_size(p))
     return out
+
+
+def _map_in_workers(
+    fn: Callable[[Path], T], paths: Sequence[Path], jobs: int, done: Callable[[Path], None]
+) -> tuple[dict[Path, T], list[Path]]:
+    """``fn(p)`` for every path in up to ``jobs`` spawned workers, ``done(p)`` as each one
+    finishes: the results, and the paths whose worker died (the caller does them again)."""
+    out: dict[Path, T] = {}
+    lost: list[Path] = []
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=ctx) as pool:
+        futures = {pool.submit(fn, p): p for p in paths}
+        for fut in as_completed(futures):
+            p = futures[fut]
+            try:
+                out[p] = fut.result()
+            except BrokenProcessPool:
+                lost.append(p)
+                continue
+            done(p)
+    return out, lost

@@ -30,7 +30,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from ringtape.storage.format.entry import Entry
+from ringtape.storage.format.entry import ENTRY_HEADER_SIZE, EntryError, decode_entry
 from ringtape.storage.format.markers import (
     CURSOR_HEAD,
     CURSOR_ITEM,
@@ -141,19 +141,11 @@ def _batch(cols: Columns, state: _State, hwm: int) -> None:
 
 def _single(cols: Columns, i: int, kind: int, state: _State, hwm: int) -> None:
     """A stream definition or a gap, exactly as the record checker visits it."""
-    buf = cols.buf
-
-    def text(start: int, length: int) -> str:
-        return bytes(buf[start : start + length]).decode()
-
-    entry = Entry(
-        int(cols.seq[i]),
-        int(cols.ts_init[i]),
-        int(cols.ts_publish[i]),
-        text(int(cols.topic_start[i]), int(cols.topic_len[i])),
-        text(int(cols.type_start[i]), int(cols.type_len[i])),
-        bytes(buf[int(cols.payload_start[i]) : int(cols.payload_start[i] + cols.payload_len[i])]),
-    )
+    start = int(cols.topic_start[i]) - ENTRY_HEADER_SIZE
+    try:
+        entry = decode_entry(cols.buf.data, start)  # checked by the walk already
+    except EntryError:
+        raise _NotProven from None
     try:
         rec = decode_marker(entry)
     except MarkerFormatError:

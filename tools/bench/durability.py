@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Callable
 from typing import Any
 
+from ringtape.capture.store import EventStore
 from ringtape.tools.bench.common import (
     DURABLE_RATE,
     TARGET_DURABLE_SLACK_NS,
@@ -38,43 +40,62 @@ class DurableStamps:
         self.seen = durable
 
 
+def append_paced_until_durable(
+    store: EventStore,
+    items: list[tuple[str, bytes]],
+    count: int,
+    rate: int,
+    first_seq: int,
+    before_append: Callable[[int, int], None] | None = None,
+) -> list[int]:
+    """Append ``count`` entries (seqs from ``first_seq``) at ``rate``/s, ``durable_seq()``
+    polled between them, then wait until all are durable; returns each entry's append-to-
+    durable latency in ns. ``before_append(i, ts_init)`` runs before each append (untimed)."""
+    pc = time.perf_counter_ns
+    clock = time.time_ns
+    period = 1_000_000_000 // rate
+    mask = len(items) - 1
+    appended = [0] * count
+    stamps = DurableStamps(first_seq, count, store.durable_seq())
+    gc.collect()
+    t_next = pc()
+    for i in range(count):
+        t_next += period
+        now = pc()
+        while now < t_next:
+            durable = store.durable_seq()
+            now = pc()
+            if durable != stamps.seen:
+                stamps.update(durable, now)
+        topic, payload = items[i & mask]
+        ts = clock()
+        if before_append is not None:
+            before_append(i, ts)
+        appended[i] = pc()
+        store.append(topic, payload, ts_init=ts)
+    last = first_seq + count - 1
+    deadline = time.monotonic() + 60.0
+    while stamps.seen < last:
+        if store.is_halted() or time.monotonic() > deadline:
+            raise RuntimeError(f"entries not durable (halt: {store.halt_reason()})")
+        durable = store.durable_seq()
+        if durable != stamps.seen:
+            stamps.update(durable, pc())
+    return [v - a for a, v in zip(appended, stamps.visible, strict=True)]
+
+
 def section_append_to_durable(run: Run) -> dict[str, Any]:
     items = run.items
     count = max(500, int(run.plan.durable_s * DURABLE_RATE))
     config = store_config(run.tmp / "durable")
     run.log(f"append to durable: {count} appends at {DURABLE_RATE}/s")
-    pc = time.perf_counter_ns
-    clock = time.time_ns
-    period = 1_000_000_000 // DURABLE_RATE
-    mask = len(items) - 1
-    appended = [0] * count
     with open_store(config) as opened:
-        store = opened.store
         channel = opened.channel(items)
         channel.warm()
-        stamps = DurableStamps(channel.target + 1, count, store.durable_seq())
-        gc.collect()
-        t_next = pc()
-        for i in range(count):
-            t_next += period
-            now = pc()
-            while now < t_next:
-                durable = store.durable_seq()
-                now = pc()
-                if durable != stamps.seen:
-                    stamps.update(durable, now)
-            topic, payload = items[i & mask]
-            appended[i] = pc()
-            store.append(topic, payload, ts_init=clock())
-        last = stamps.first + count - 1
-        deadline = time.monotonic() + 60.0
-        while stamps.seen < last:
-            if store.is_halted() or time.monotonic() > deadline:
-                raise RuntimeError(f"entries not durable (halt: {store.halt_reason()})")
-            durable = store.durable_seq()
-            if durable != stamps.seen:
-                stamps.update(durable, pc())
-    stats = summarize([v - a for a, v in zip(appended, stamps.visible, strict=True)])
+        lags = append_paced_until_durable(
+            opened.store, items, count, DURABLE_RATE, channel.target + 1
+        )
+    stats = summarize(lags)
     stats["rate_per_s"] = DURABLE_RATE
     max_batch_ns = int(config.max_batch_latency.total_seconds() * 1e9)
     return {

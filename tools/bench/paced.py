@@ -21,7 +21,6 @@ allows past ``max_batch_latency``.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from ringtape.tools.bench.common import (
     process_cpu,
     summarize,
 )
-from ringtape.tools.bench.durability import DurableStamps
+from ringtape.tools.bench.durability import append_paced_until_durable
 
 RATES: Final = (10_000, 50_000, 100_000)
 # writer + sidecar CPU per entry (µs), by rate: the targets
@@ -78,12 +77,7 @@ def _one_rate(run: Run, rate: int, seconds: float) -> dict[str, Any]:
     count = int(rate * seconds)
     config = paced_config(run.tmp / f"paced-{rate}")
     run.log(f"paced: {count} appends at {rate}/s, markers on")
-    pc = time.perf_counter_ns
-    clock = time.time_ns
-    period = 1_000_000_000 // rate
-    mask = len(items) - 1
     quote = DataMarkerClass.Quote
-    appended = [0] * count
     with open_store(config) as opened:
         store = opened.store
         channel = opened.channel(items)
@@ -93,39 +87,24 @@ def _one_rate(run: Run, rate: int, seconds: float) -> dict[str, Any]:
         roles = {"writer": store.writer_pid(), "sidecar": sidecar_pid}
         procs = {r: [p for p in opened.children if p.pid == pid] for r, pid in roles.items()}
         syncs0 = _commits(store)
-        stamps = DurableStamps(channel.target + 1, count, store.durable_seq())
-        gc.collect()
+        observe = store.observe_data
+
+        def one_quote(i: int, ts: int) -> None:
+            observe(quote, INSTRUMENTS[i & 3], ts, ts)
+
         cpu0 = {r: process_cpu(p) for r, p in procs.items()}
-        t0 = t_next = pc()
-        for i in range(count):
-            t_next += period
-            now = pc()
-            while now < t_next:
-                durable = store.durable_seq()
-                now = pc()
-                if durable != stamps.seen:
-                    stamps.update(durable, now)
-            topic, payload = items[i & mask]
-            ts = clock()
-            store.observe_data(quote, INSTRUMENTS[i & 3], ts, ts)
-            appended[i] = pc()
-            store.append(topic, payload, ts_init=ts)
-        last = stamps.first + count - 1
-        deadline = time.monotonic() + 60.0
-        while stamps.seen < last:
-            if store.is_halted() or time.monotonic() > deadline:
-                raise RuntimeError(f"entries not durable (halt: {store.halt_reason()})")
-            durable = store.durable_seq()
-            if durable != stamps.seen:
-                stamps.update(durable, pc())
-        wall = (pc() - t0) / 1e9
+        t0 = time.perf_counter_ns()
+        lags = append_paced_until_durable(
+            store, items, count, rate, channel.target + 1, before_append=one_quote
+        )
+        wall = (time.perf_counter_ns() - t0) / 1e9
         used = {r: process_cpu(p) - cpu0[r] for r, p in procs.items()}
         commits = _commits(store) - syncs0
     per_entry = {r: used[r] / count * 1e6 for r in used}
     background = sum(per_entry.values())
     level = store.options.compression_level
     floor = _floor(run, count, max(1, commits), config, level, wall / max(1, commits))
-    lag = summarize([v - a for a, v in zip(appended, stamps.visible, strict=True)])
+    lag = summarize(lags)
     max_batch_ns = int(config.max_batch_latency.total_seconds() * 1e9)
     lag_target = max_batch_ns + TARGET_DURABLE_SLACK_NS
     target = TARGET_BACKGROUND_US[rate]
