@@ -8,19 +8,22 @@ One object per line, in seq order::
 
 ``encoding`` is ``"json"`` when the payload is UTF-8 JSON (``payload`` is then that JSON
 value), ``"msgpack"`` when it is one msgpack map with string keys that JSON can show
-(``payload`` is then its value; this needs msgspec, which ``ringtape[nautilus]`` brings: a
-NautilusTrader bus with ``encoding="msgpack"`` writes such payloads), and ``"base64"`` otherwise
+(``payload`` is then its value: a NautilusTrader bus with ``encoding="msgpack"`` writes such
+payloads), and ``"base64"`` otherwise
 (``payload`` is then a base64 string; an empty payload is ``""``, base64). NaN and Infinity are
 not JSON, nor are msgpack's binary values: such a payload is base64, kept exact.
 
 Rules of this module:
 
 1. A JSON payload is written as recorded, not parsed and re-encoded: it is checked to be one
-   valid JSON value (``orjson`` when installed, else the standard library; the standard library
-   has the last word when ``orjson`` refuses, so the output does not depend on which is there),
-   and only a payload holding a raw line break (whitespace between tokens) is re-encoded, so
-   that each object stays on one line. This is what makes a dump fast: parsing and encoding
-   every payload costs more than everything else together.
+   valid JSON value, and only a payload holding a raw line break (whitespace between tokens) is
+   re-encoded, so that each object stays on one line. This is what makes a dump fast: parsing
+   and encoding every payload costs more than everything else together. The check of the
+   common case, an ASCII payload with no line break, is msgspec's syntax check into ``Raw``
+   (no value is built: ~0.16 us for a 160-byte payload, against ~0.57 us for a parse by
+   orjson); it does not check UTF-8, hence ASCII only. Whatever it refuses, and every other
+   payload, goes through ``orjson`` and then the standard library, which has the last word:
+   the output does not depend on which check accepted a payload.
 2. The fixed fields come from numpy columns (``storage/read/columns.py``); the only loop per
    entry is the one that formats the line.
 """
@@ -35,13 +38,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+import msgspec
+
 from ringtape.storage.format.entry import FLAG_CAUSATION, FLAG_CORRELATION
 from ringtape.storage.read.columns import Columns
-
-try:
-    from msgspec import msgpack as _msgpack
-except ImportError:  # msgspec comes with ringtape[nautilus]
-    _msgpack = None  # type: ignore[assignment]
 
 try:
     import orjson
@@ -117,10 +117,10 @@ def _msgpack_value(payload: bytes) -> Any:
     """The value of a payload that is one whole, non-empty msgpack map with string keys and
     JSON-safe values, else ``None``. A lone scalar is not taken for msgpack: almost any byte is
     one."""
-    if _msgpack is None or payload[0] not in _MSGPACK_MAP_LEADS:
+    if payload[0] not in _MSGPACK_MAP_LEADS:
         return None
     try:
-        value = _msgpack.decode(payload)
+        value = msgspec.msgpack.decode(payload)
     except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
         return None
     return value if isinstance(value, dict) and value and _json_safe(value) else None
@@ -133,6 +133,9 @@ def _text(raw: bytes) -> bytes:
 def _uuid(raw: bytes) -> bytes:
     return b'"' + str(uuid.UUID(bytes=raw)).encode() + b'"'
 
+
+# Checks that bytes are one JSON value without building it (see rule 1).
+_check_syntax: Final = msgspec.json.Decoder(msgspec.Raw).decode
 
 _HEAD: Final = b'{"seq":%d,"ts_init":%d,"ts_publish":%d%b%b}'
 _JSON_TAIL: Final = b',"encoding":"json","payload":'
@@ -170,7 +173,7 @@ class LineEncoder:
         out: list[bytes] = []
         append = out.append
         names = self._names
-        loads, fast_error = _fast_loads, _FastError
+        check, syntax_error = _check_syntax, msgspec.DecodeError
         head = _HEAD
         fields = zip(
             cols.seq.tolist(),
@@ -192,13 +195,12 @@ class LineEncoder:
             if not name[4]:
                 continue
             payload = data[p0 : p0 + plen]
-            if not flags and loads is not None:
+            if not flags and payload.isascii() and b"\n" not in payload and b"\r" not in payload:
                 try:
-                    loads(payload)
-                    if b"\n" not in payload and b"\r" not in payload:
-                        append(head % (seq, ts_init, ts_publish, name[1], payload))
-                        continue
-                except (fast_error, RecursionError):
+                    check(payload)
+                    append(head % (seq, ts_init, ts_publish, name[1], payload))
+                    continue
+                except (syntax_error, RecursionError):
                     pass
             corr = cause = _NULL
             if flags:
