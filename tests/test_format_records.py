@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
+from ringtape.storage.check.records import RecordBatch
 from ringtape.storage.format.entry import (
     ENTRY_HEADER_SIZE,
     bad_record_runs,
@@ -12,6 +13,8 @@ from ringtape.storage.format.entry import (
     encode_entry,
     explain_records,
 )
+from ringtape.storage.format.frame import FrameHeader, build_body
+from ringtape.storage.format.frame_index import frame_index
 
 
 def frame(first_seq: int, sizes: list[int]) -> tuple[bytes, np.ndarray]:
@@ -64,3 +67,40 @@ def test_a_clean_frame_and_obvious_faults() -> None:
     assert check_records(raw, offs[:2], len(raw), 7) is not None
     assert check_records(b"", np.zeros(0, np.int64), 0, 1) is None
     assert check_records(raw, np.zeros(0, np.int64), len(raw), 1) is not None
+
+
+def _queued(ts_runs: list[list[int]]) -> RecordBatch:
+    """A checked batch of one frame per list of ts_init values, seqs from 1."""
+    batch, seq = RecordBatch(), 1
+    for run in ts_runs:
+        recs = [encode_entry(seq + i, ts, ts, "t", b"p") for i, ts in enumerate(run)]
+        offsets = np.cumsum([0] + [len(r) for r in recs[:-1]]).astype(np.int64)
+        body = build_body(b"".join(recs), offsets)
+        index = frame_index(body, offsets)
+        header = FrameHeader(1, len(run), len(body), 1, seq, 0, 0, 0, index)
+        assert batch.add(0, header, b"", body)
+        seq += len(run)
+    assert batch.check() == {}
+    return batch
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ts_runs=st.lists(st.lists(st.integers(0, 20), min_size=1, max_size=6), min_size=1, max_size=6),
+    keep=st.lists(st.booleans(), min_size=6, max_size=6),
+    last=st.none() | st.integers(0, 20),
+)
+def test_ts_backwards_of_some_frames_matches_a_count_entry_by_entry(
+    ts_runs: list[list[int]], keep: list[bool], last: int | None
+) -> None:
+    batch = _queued(ts_runs)
+    good = [j for j in range(len(ts_runs)) if keep[j]]
+    seq_of = np.cumsum([1] + [len(r) for r in ts_runs]).tolist()
+    back, first, prev = 0, None, last
+    for j in good:
+        for i, ts in enumerate(ts_runs[j]):
+            if prev is not None and ts < prev:
+                back += 1
+                first = first if first is not None else seq_of[j] + i
+            prev = ts
+    assert batch.ts_backwards(good, last) == (back, first, prev)

@@ -193,21 +193,26 @@ class RecordBatch:
         buf = self._buf[: self._used]
         if not good or len(buf) < 32:
             return 0, None, last
-        rows = np.concatenate(
-            [self._records[self._firsts[j] : self._firsts[j] + self._counts[j]] for j in good]
-        )
-        seqs = np.concatenate(
-            [self.headers[j].first_seq + np.arange(self._counts[j], dtype=np.int64) for j in good]
-        )
+        rows, at = self._records, None  # at: where each row is among all queued records
+        if len(good) < len(self.headers):
+            keep = np.zeros(len(self.headers), np.bool_)
+            keep[good] = True
+            at = np.flatnonzero(np.repeat(keep, self._counts))
+            rows = rows[at]
         items = np.ndarray((len(buf) - 7,), np.dtype(("V", 8)), buf, 0, (1,))
         ts = items[np.minimum(rows + _TS_INIT_AT, len(buf) - 8)].view("<u8").reshape(-1)
         back = np.flatnonzero(ts[1:] < ts[:-1]) + 1
         count = int(back.size)
-        first = int(seqs[back[0]]) if count else None
+        first = self._seq_of(int(back[0] if at is None else at[back[0]])) if count else None
         if last is not None and int(ts[0]) < last:
             count += 1
-            first = int(seqs[0])
+            first = self._seq_of(0 if at is None else int(at[0]))
         return count, first, int(ts[-1])
+
+    def _seq_of(self, i: int) -> int:
+        """The seq of queued record ``i`` (after ``check``)."""
+        j = int(np.searchsorted(self._firsts, i, side="right")) - 1
+        return self.headers[j].first_seq + i - int(self._firsts[j])
 
     def anchors(self, problems: dict[int, str]) -> Iterator[tuple[int, Entry]]:
         """``(j, entry)`` for each snapshot anchor entry in a good queued frame ``j``."""
