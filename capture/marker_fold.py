@@ -2,13 +2,22 @@
 
 Pure computation, no I/O (the sidecar, ``capture/marker_sidecar.py``, feeds it and writes what it
 produces). What the records mean is ``storage/format/markers.py``.
+
+Two ways to fold a run of observations, with the same output byte for byte (a property test
+holds them to it):
+
+* the bulk fold, with numpy: cursors, snapshot contents, record seqs and the records
+  themselves for a whole chunk at once. It takes the common case: no gap in the observation
+  numbers, and each stream's ``ts_init`` not going back (market data arrives in time order);
+* the loop, one observation at a time: everything else (small chunks, gaps, a stream whose
+  ``ts_init`` goes back), and the reference the bulk fold is tested against.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -17,20 +26,78 @@ import xxhash
 from ringtape.capture.config import DataMarkerClass
 from ringtape.capture.marker_ring import KIND_NAME, KIND_OBS, KIND_STREAM, NAME_CHUNK, ProtocolError
 from ringtape.storage.format.markers import (
+    CURSOR_HEAD_DTYPE,
+    CURSOR_ITEM_DTYPE,
     GAP_OVERFLOW,
+    HIFI_DTYPE,
     REASON_BOUNDARY,
     REASON_CLOSE,
+    cursor_heads,
     encode_cursor,
     encode_cursor_one,
     encode_gap,
     encode_hifi,
     encode_stream,
+    hifi_rows,
     stream_seed,
 )
 
 CLASS_NAMES: Final = [c.value for c in DataMarkerClass.all()]
 _QUAD: Final = struct.Struct("<QQQQ")
 _TS_PAIR: Final = struct.Struct("<QQ")
+BULK_MIN: Final = 32  # below this many observations the loop is the faster fold
+_I64_MAX: Final = (1 << 63) - 1
+
+
+def _scatter(
+    block: npt.NDArray[np.uint8], at: npt.NDArray[np.int64], rows: npt.NDArray[np.void]
+) -> None:
+    """Copy each row's bytes into ``block`` at its offset in ``at``."""
+    size = rows.dtype.itemsize
+    block[at[:, None] + np.arange(size)] = rows.view(np.uint8).reshape(-1, size)
+
+
+class MarkerOutput(NamedTuple):
+    """Marker records produced and taken: laid end to end in ``data``, ``offsets`` where each
+    starts, ``first_seq`` the marker seq of the first."""
+
+    data: bytes
+    offsets: npt.NDArray[np.int64]
+    first_seq: int
+
+    def records(self) -> list[bytes]:
+        starts = self.offsets.tolist()
+        ends = [*starts[1:], len(self.data)] if starts else []
+        return [self.data[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+class _Pending:
+    """Records not yet taken: single records and whole blocks of them, in seq order."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.lengths: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def append(self, record: bytes) -> None:
+        self.parts.append(record)
+        self.lengths.append(len(record))
+
+    def extend(self, block: bytes, lengths: list[int]) -> None:
+        self.parts.append(block)
+        self.lengths.extend(lengths)
+
+    def take(self, first_seq: int) -> MarkerOutput:
+        lengths = np.array(self.lengths, np.int64)
+        offsets = np.cumsum(lengths) - lengths
+        out = MarkerOutput(b"".join(self.parts), offsets, first_seq)
+        self.parts, self.lengths = [], []
+        return out
 
 
 class MarkerFolder:
@@ -40,10 +107,11 @@ class MarkerFolder:
     a record already produced (a cursor snapshot, or a gap): what ``DURABLE_OBS`` publishes.
     """
 
-    def __init__(self, high_fidelity: Iterable[str]) -> None:
+    def __init__(self, high_fidelity: Iterable[str], *, bulk: bool = True) -> None:
         self.hifi_names = frozenset(high_fidelity)
+        self.bulk = bulk  # False: the loop only (the reference the bulk fold is tested against)
         self.next_seq = 1
-        self.out: list[bytes] = []
+        self.out = _Pending()
         self.out_first_seq = 1
         self.count: list[int] = []
         self.hi: list[int] = []
@@ -89,6 +157,8 @@ class MarkerFolder:
             raise ProtocolError("event_seq_before or the observation number goes back")
         if int(stream.max()) >= len(self.count):
             raise ProtocolError(f"an observation names a stream beyond {len(self.count) - 1}")
+        if self.bulk and len(rows) >= BULK_MIN and self._fold_bulk(rows, prev_esb, now):
+            return
         marks = np.flatnonzero((esb != prev_esb) | (obs != prev_obs + 1)).tolist()
         a_l, b_l, e_l, o_l = (rows[k].tolist() for k in ("a", "b", "esb", "obs"))
         s_l = stream.tolist()
@@ -130,6 +200,174 @@ class MarkerFolder:
             self.esb = e_l[stop]
             pos = stop
         self.esb, self.last_obs, self.ts_init = e_l[-1], o_l[-1], b_l[-1]
+
+    def _fold_bulk(
+        self, rows: npt.NDArray[np.void], prev_esb: npt.NDArray[np.uint64], now: float
+    ) -> bool:
+        """The bulk fold of observation records already checked (module docstring). Returns
+        ``False``, having changed nothing, when the chunk is not the common case."""
+        n = len(rows)
+        o = rows["obs"]
+        if int(o[0]) != self.last_obs + 1 or int(o[-1]) - int(o[0]) != n - 1:
+            return False  # a gap in the observation numbers: the loop writes the gap record
+        if int(rows["b"].max()) > _I64_MAX:
+            return False
+        b = rows["b"].astype(np.int64)
+        st = rows["stream"].astype(np.intp)
+        idx = np.arange(n)
+        # Each stream's cursor after each row: rows grouped by stream (stably), then runs.
+        order = np.argsort(st, kind="stable")
+        g_st, g_b = st[order], b[order]
+        first = np.ones(n, np.bool_)
+        first[1:] = g_st[1:] != g_st[:-1]
+        before = np.empty(n, np.int64)  # the stream's ts_init_hi before the row
+        before[1:] = g_b[:-1]
+        before[first] = np.array(self.hi, np.int64)[g_st[first]]
+        if bool((g_b < before).any()):
+            return False  # a stream's ts_init goes back: its hi and ordinal stay (the loop)
+        new_hi = g_b != before
+        run_start = np.maximum.accumulate(np.where(new_hi | first, idx, 0))
+        group_start = np.maximum.accumulate(np.where(first, idx, 0))
+        carry = np.array(self.ordinal, np.int64)[g_st] + 1
+        ordinal = np.empty(n, np.int64)
+        ordinal[order] = idx - run_start + np.where(new_hi[run_start], 0, carry)
+        count = np.empty(n, np.int64)
+        count[order] = np.array(self.count, np.int64)[g_st] + idx - group_start + 1
+        # Segments between entry boundaries; the streams each advanced, in the order they did.
+        e = rows["esb"]
+        marks = np.flatnonzero(e != prev_esb)
+        n_marks = len(marks)
+        seg = np.searchsorted(marks, idx, side="right")
+        key = seg.astype(np.int64) * len(self.count) + st
+        _, first_at = np.unique(key, return_index=True)
+        _, last_rev = np.unique(key[::-1], return_index=True)
+        by_first = np.argsort(first_at, kind="stable")
+        item_first, item_last = first_at[by_first], (n - 1 - last_rev)[by_first]
+        item_seg = seg[item_first]
+        per_seg = np.bincount(item_seg, minlength=n_marks + 1)
+        carried = list(self.dirty)
+        emitted = per_seg[:n_marks] > 0
+        if n_marks and carried:
+            emitted[0] = True
+        snap_at = marks[emitted]
+        # Record seqs: a segment's hi-fi records in row order, then the snapshot at its end.
+        hifi = np.array(self.hifi, np.bool_)[st]
+        hifi_before: npt.NDArray[np.int64] = np.cumsum(hifi, dtype=np.int64) - hifi
+        h_rows = np.flatnonzero(hifi)
+        h_pos = hifi_before[h_rows] + np.searchsorted(snap_at, h_rows, side="right")
+        s_pos = hifi_before[snap_at] + np.arange(len(snap_at))
+        total = len(h_rows) + len(snap_at)
+        seq0 = self.next_seq
+        # Every snapshot in bulk (a head, then its cursors) but one: the first segment's when
+        # streams were already dirty before this chunk (its cursors merge with theirs).
+        seg_of_snap = np.flatnonzero(emitted)
+        merged = bool(n_marks and carried)
+        bulk = np.ones(len(snap_at), np.bool_)
+        bulk[:1] = not merged
+        b_end = snap_at[bulk] - 1  # the row before each boundary (a bulk one's segment has one)
+        heads = cursor_heads(
+            seq0 + s_pos[bulk],
+            b[b_end],
+            o[b_end],
+            e[b_end],
+            REASON_BOUNDARY,
+            per_seg[seg_of_snap[bulk]],
+        )
+        items = item_seg < n_marks  # the cursors of the snapshots, in their order
+        if merged:
+            items &= item_seg > 0
+        cursor_rows = np.zeros(int(items.sum()), CURSOR_ITEM_DTYPE)
+        i_last = item_last[items]
+        for name, values in (
+            ("stream", st[i_last]), ("ordinal", ordinal[i_last]), ("count", count[i_last]),
+            ("ts_init_hi", b[i_last]),
+        ):  # fmt: skip
+            cursor_rows[name] = values
+        i_seg = item_seg[items]
+        i_rank = np.arange(len(i_seg)) - np.searchsorted(i_seg, i_seg)  # place in its record
+        merged_record = b""
+        if merged:
+            first_items = item_last[item_seg == 0].tolist()
+            moved = {int(st[i]): (int(ordinal[i]), int(count[i]), int(b[i])) for i in first_items}
+            end = int(snap_at[0])
+            head = (
+                (self.ts_init, self.last_obs, self.esb)
+                if end == 0
+                else (int(b[end - 1]), int(o[end - 1]), int(e[end - 1]))
+            )
+            merged_record = self._merged_snapshot(seq0 + int(s_pos[0]), head, moved)
+        # Lay the records out in seq order.
+        h_size, head_size = HIFI_DTYPE.itemsize, CURSOR_HEAD_DTYPE.itemsize
+        lengths = np.empty(total, np.int64)
+        lengths[h_pos] = h_size
+        lengths[s_pos[bulk]] = heads["record_len"]
+        if merged:
+            lengths[s_pos[0]] = len(merged_record)
+        offsets = np.cumsum(lengths) - lengths
+        block = np.empty(int(lengths.sum()), np.uint8)
+        if len(h_rows):
+            a_h, b_h, s_h = rows["a"][h_rows], rows["b"][h_rows], st[h_rows]
+            seeds, pack_ts, digest = self.seed, _TS_PAIR.pack, xxhash.xxh3_64_intdigest
+            fps = [
+                digest(pack_ts(x, y), seeds[z])
+                for x, y, z in zip(a_h.tolist(), b_h.tolist(), s_h.tolist(), strict=True)
+            ]
+            recs = hifi_rows(
+                seq0 + h_pos, b_h, o[h_rows], e[h_rows], s_h, ordinal[h_rows], a_h,
+                np.array(fps, np.uint64),
+            )  # fmt: skip
+            _scatter(block, offsets[h_pos], recs)
+        if len(heads):
+            _scatter(block, offsets[s_pos[bulk]], heads)
+            # the snapshot of segment j is the k-th bulk one: where its record starts
+            snap_offset = np.zeros(n_marks + 1, np.int64)
+            snap_offset[seg_of_snap[bulk]] = offsets[s_pos[bulk]]
+            at = snap_offset[i_seg] + head_size + CURSOR_ITEM_DTYPE.itemsize * i_rank
+            _scatter(block, at, cursor_rows)
+        if merged:
+            p = int(offsets[s_pos[0]])
+            block[p : p + len(merged_record)] = np.frombuffer(merged_record, np.uint8)
+        self.out.extend(block.tobytes(), lengths.tolist())
+        # The state after the chunk.
+        last_of_group = np.ones(n, np.bool_)
+        last_of_group[:-1] = first[1:]
+        ends = order[last_of_group]
+        for s, c, h, r in zip(
+            st[ends].tolist(),
+            count[ends].tolist(),
+            b[ends].tolist(),
+            ordinal[ends].tolist(),
+            strict=True,
+        ):
+            self.count[s], self.hi[s], self.ordinal[s] = c, h, r
+        trailing = [int(s) for s in st[item_first[item_seg == n_marks]].tolist()]
+        if n_marks:
+            self.dirty = dict.fromkeys(trailing)
+            end = int(snap_at[-1]) if len(snap_at) else 0
+            if len(snap_at):
+                self.accounted = int(o[end - 1]) if end > 0 else self.last_obs
+            self.dirty_since = now
+        else:
+            if not carried:
+                self.dirty_since = now
+            for s in trailing:
+                self.dirty[s] = None
+        self.snapshots += len(snap_at)
+        self.next_seq = seq0 + total
+        self.esb, self.last_obs, self.ts_init = int(e[-1]), int(o[-1]), int(b[-1])
+        return True
+
+    def _merged_snapshot(
+        self, seq: int, head: tuple[int, int, int], moved: dict[int, tuple[int, int, int]]
+    ) -> bytes:
+        """The snapshot at a chunk's first boundary: the streams dirty before the chunk, then
+        those first moved in it; ``moved`` has the new ``ordinal, count, ts_init_hi`` of the
+        streams the chunk moved before the boundary (the others' are as they were)."""
+        flat: list[int] = []
+        for s in [*self.dirty, *(s for s in moved if s not in self.dirty)]:
+            cursor = moved.get(s)
+            flat.extend((s, *cursor) if cursor else (s, self.ordinal[s], self.count[s], self.hi[s]))
+        return encode_cursor(seq, *head, REASON_BOUNDARY, flat)
 
     def _control_record(self, a: int, b: int, esb: int, obs: int, stream: int, kind: int) -> None:
         if kind == KIND_NAME:
@@ -199,9 +437,8 @@ class MarkerFolder:
         if final_obs is not None and final_obs > self.last_obs:
             self.gap(self.last_obs + 1, final_obs, GAP_OVERFLOW)
 
-    def take_output(self) -> tuple[list[bytes], int]:
-        """The records produced since the last call and the marker seq of the first."""
-        out, first = self.out, self.out_first_seq
-        self.out = []
+    def take_output(self) -> MarkerOutput:
+        """The records produced since the last call."""
+        out = self.out.take(self.out_first_seq)
         self.out_first_seq = self.next_seq
-        return out, first
+        return out

@@ -40,8 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import numpy as np
-
 from ringtape.capture.child import ChildArgs, Spares, serve
 from ringtape.capture.doorbell import DoorbellListener
 from ringtape.capture.marker_fold import MarkerFolder
@@ -250,12 +248,12 @@ class SidecarLoop:
         elif not self.syncer.io.acquire(blocking=False):
             return
         try:
-            records, first_seq = self.folder.take_output()
-            for i in range(0, len(records), FRAME_RECORDS):
-                chunk = records[i : i + FRAME_RECORDS]
-                lengths = np.fromiter((len(r) for r in chunk), np.int64, len(chunk))
-                offsets = np.cumsum(lengths) - lengths
-                self.segments.append(b"".join(chunk), offsets, first_seq + i)
+            out = self.folder.take_output()
+            data, offsets, n = memoryview(out.data), out.offsets, len(out.offsets)
+            for i in range(0, n, FRAME_RECORDS):
+                j = min(n, i + FRAME_RECORDS)
+                lo, hi = int(offsets[i]), int(offsets[j]) if j < n else len(data)
+                self.segments.append(data[lo:hi], offsets[i:j] - lo, out.first_seq + i)
                 self.unsynced = True
         finally:
             if not final:

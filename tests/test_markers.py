@@ -76,9 +76,9 @@ class Harness:
     def finish(self) -> list[LocatedEntry]:
         self.drain()
         self.folder.finish(self.lane.stats().observed)
-        out, first = self.folder.take_output()
-        assert first == 1
-        return [LocatedEntry(Path("memory"), 0, decode_entry(r, 0)) for r in out]
+        out = self.folder.take_output()
+        assert out.first_seq == 1
+        return [LocatedEntry(Path("memory"), 0, decode_entry(r, 0)) for r in out.records()]
 
     def release(self) -> None:
         self.lane.kill()

@@ -75,9 +75,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import numpy as np
+import numpy.typing as npt
 import xxhash
 
-from ringtape.storage.format.entry import ENTRY_HEADER, ENTRY_HEADER_SIZE, Entry
+from ringtape.storage.format.entry import ENTRY_HEADER, ENTRY_HEADER_SIZE, HEADER_DTYPE, Entry
 
 MARKER_STREAM: Final = "markers"
 
@@ -111,6 +113,38 @@ _HIFI_RECORD: Final = struct.Struct(
     f"{ENTRY_HEADER.format}{len(_HIFI_TOPIC)}s{len(PAYLOAD_BIN)}s{HIFI_BODY.format[1:]}"
 )
 HIFI_RECORD_SIZE: Final = _HIFI_RECORD.size
+
+# The same two records as numpy rows, for encoding many at once (the sidecar's bulk fold): a
+# marker.hifi record and a marker.cursor record of one cursor, byte for byte as the structs.
+_ENTRY_FIELDS: Final = HEADER_DTYPE.descr
+HIFI_DTYPE: Final = np.dtype(
+    [
+        *_ENTRY_FIELDS,
+        ("topic", f"S{len(_HIFI_TOPIC)}"),
+        ("payload_type", f"S{len(PAYLOAD_BIN)}"),
+        ("obs", "<u8"),
+        ("event_seq_before", "<u8"),
+        ("stream", "<u4"),
+        ("ordinal", "<u4"),
+        ("ts_event", "<u8"),
+        ("fingerprint", "<u8"),
+    ]
+)
+assert HIFI_DTYPE.itemsize == HIFI_RECORD_SIZE
+# A marker.cursor record is this head, then one CURSOR_ITEM_DTYPE row per cursor.
+CURSOR_HEAD_DTYPE: Final = np.dtype(
+    [
+        *_ENTRY_FIELDS,
+        ("prefix", f"S{len(_CURSOR_PREFIX)}"),
+        ("obs", "<u8"),
+        ("event_seq_before", "<u8"),
+        ("reason", "<u4"),
+        ("cursors", "<u4"),
+    ]
+)
+CURSOR_ITEM_DTYPE: Final = np.dtype(
+    [("stream", "<u4"), ("ordinal", "<u4"), ("count", "<u8"), ("ts_init_hi", "<u8")]
+)
 
 
 class MarkerFormatError(ValueError):
@@ -265,6 +299,61 @@ def _cursor_record(n: int) -> struct.Struct:
 
 _CURSOR_ONE: Final = _cursor_record(1)
 _CURSOR_ONE_PLEN: Final = CURSOR_HEAD.size + CURSOR_ITEM.size
+assert CURSOR_HEAD_DTYPE.itemsize + CURSOR_ITEM_DTYPE.itemsize == _CURSOR_ONE.size
+
+U64s = npt.NDArray[np.uint64] | npt.NDArray[np.int64]
+
+
+def hifi_rows(
+    marker_seq: U64s,
+    ts_init: U64s,
+    obs: U64s,
+    event_seq_before: U64s,
+    stream: U64s,
+    ordinal: U64s,
+    ts_event: U64s,
+    fp: U64s,
+) -> npt.NDArray[np.void]:
+    """Many :func:`encode_hifi` records at once (one argument array per field)."""
+    rows = np.zeros(len(marker_seq), HIFI_DTYPE)
+    rows["record_len"] = HIFI_RECORD_SIZE
+    rows["payload_len"] = HIFI_BODY.size
+    rows["topic_len"] = len(_HIFI_TOPIC)
+    rows["payload_type_len"] = len(PAYLOAD_BIN)
+    rows["topic"] = _HIFI_TOPIC
+    rows["payload_type"] = PAYLOAD_BIN.encode()
+    for name, values in (
+        ("seq", marker_seq), ("ts_init", ts_init), ("obs", obs),
+        ("event_seq_before", event_seq_before), ("stream", stream), ("ordinal", ordinal),
+        ("ts_event", ts_event), ("fingerprint", fp),
+    ):  # fmt: skip
+        rows[name] = values
+    return rows
+
+
+def cursor_heads(
+    marker_seq: U64s,
+    ts_init: U64s,
+    obs: U64s,
+    event_seq_before: U64s,
+    reason: int,
+    cursors: U64s,
+) -> npt.NDArray[np.void]:
+    """The heads of many :func:`encode_cursor` records at once; record ``i`` is its head
+    followed by ``cursors[i]`` rows of :data:`CURSOR_ITEM_DTYPE`."""
+    rows = np.zeros(len(marker_seq), CURSOR_HEAD_DTYPE)
+    rows["record_len"] = CURSOR_HEAD_DTYPE.itemsize + CURSOR_ITEM.size * cursors
+    rows["payload_len"] = CURSOR_HEAD.size + CURSOR_ITEM.size * cursors
+    rows["topic_len"] = len(TOPIC_CURSOR)
+    rows["payload_type_len"] = len(PAYLOAD_BIN)
+    rows["prefix"] = _CURSOR_PREFIX
+    rows["reason"] = reason
+    for name, values in (
+        ("seq", marker_seq), ("ts_init", ts_init), ("obs", obs),
+        ("event_seq_before", event_seq_before), ("cursors", cursors),
+    ):  # fmt: skip
+        rows[name] = values
+    return rows
 
 
 def _encode_payload(

@@ -360,7 +360,7 @@ def _sidecar_fold(quick: bool) -> dict[str, Any]:
         for rows in batches:
             folder.feed(rows, 0.0)
         seconds = time.perf_counter() - t
-        out = folder.out
+        out = folder.take_output().records()
         lane.kill()
     finally:
         views.release()
