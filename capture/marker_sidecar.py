@@ -2,8 +2,10 @@
 
 Loop, top to bottom:
 
-1. Take everything the kernel published (validated by each record's ``rseq``, see
-   capture/marker_ring.py), freeing the ring at once, and fold it in chunks.
+1. Take what the kernel has published (validated by each record's ``rseq``, see
+   capture/marker_ring.py), freeing the ring at once, and fold it in chunks. A pass ends at
+   the first take that finds fewer records than it could hold: what is published during the
+   pass waits for the next one, rather than being chased a few records per take.
 2. Fold it (:class:`~ringtape.capture.marker_fold.MarkerFolder`, no I/O): one cursor per
    (class, instrument) stream, a ``marker.cursor`` snapshot of the advanced cursors whenever
    ``event_seq_before`` moves (an entry was appended since), one ``marker.hifi`` per message of
@@ -207,6 +209,11 @@ class SidecarLoop:
             for start in range(0, len(rows), FOLD_CHUNK):
                 self.folder.feed(rows[start : start + FOLD_CHUNK], now)
             took += len(rows)
+            if len(rows) < self.ring.max_take:
+                # The frontier as of this take. What the kernel publishes meanwhile waits for
+                # the next pass: chasing it here would fold a few records per take, each take
+                # costing as much as a full one.
+                break
         if took:
             self.invalid_since = None
         return took
