@@ -122,8 +122,8 @@ class StoreOptions:
     # How the writer idles (a name in capture.wait.WAIT_STRATEGIES; benchmarks swap it).
     writer_wait: str = "sleep"
     # Start the next run's writer and sidecar processes ahead (at construction, and as each
-    # open() returns), so that open() does not wait for an interpreter to start and import:
-    # two idle processes beside the store's own. close() (or the end of the store) ends them.
+    # run ends), so that open() does not wait for an interpreter to start and import: two
+    # idle processes beside the store's own. close() (or the end of the store) ends them.
     prestart: bool = True
     # "best_effort": a snapshot the writer cannot take yet is superseded or skipped (counted);
     # "mandatory": anchor() waits for a slot (at most halt_threshold), else the store halts.
@@ -213,6 +213,7 @@ class EventStore:
         self._producer = Producer(self._geometry, self._now, me, self._threshold_s)
         # Children started ahead for the next open() (StoreOptions.prestart).
         self._spares = Spares()
+        self._closing = False
         self._finalizer = weakref.finalize(self, self._spares.close)
         self._markers: MarkerLane | None = None
         if config.data_markers is not None:
@@ -385,7 +386,6 @@ class EventStore:
             self._teardown(kill=True)
             raise
         self._run_id = run_id
-        self._prestart()  # the next run's children start importing while this one runs
         interval = self.options.retention_interval_s
         if interval is not None and self.config.retention.kind != "Full":
             self._supervisor = spawn_supervisor(base_dir, str(iid), self.config.retention, interval)
@@ -654,8 +654,13 @@ class EventStore:
 
     def close(self) -> None:
         """Seal the open run (if any) and end the children started ahead for the next one.
-        A store can still open a run after this; its first ``open()`` then starts them anew."""
-        self.seal()
+        A store can still open a run after this; its first ``open()`` then starts its
+        children itself."""
+        self._closing = True  # no children ahead for a next run
+        try:
+            self.seal()
+        finally:
+            self._closing = False
         self._spares.close()
 
     def __enter__(self) -> EventStore:
@@ -794,11 +799,15 @@ class EventStore:
         with contextlib.suppress(ValueError):
             self._last_anchors = session.anchors.records()
         self._final_durable = session.close(kill=kill)
+        # The next run's children start importing now, not while a run is open: two
+        # interpreters importing take a core for a few hundred ms, which on a machine of a
+        # core or two is the trading thread's or the writer's.
+        self._prestart()
 
     def _prestart(self) -> None:
         """Start the next run's writer (and sidecar) now, so that ``open()`` finds them with
         their interpreter started and their modules imported."""
-        if not self.options.prestart:
+        if not self.options.prestart or self._closing:
             return
         modules = [WRITER_MODULE] + ([SIDECAR_MODULE] if self._markers is not None else [])
         try:
