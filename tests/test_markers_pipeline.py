@@ -380,11 +380,13 @@ KERNEL_SCRIPT = textwrap.dedent(
 
 
 def test_kernel_sigkill_sidecar_accounts_for_what_it_took_and_exits(tmp_path: Path) -> None:
-    (sidecar_text, _, run_dir_text), kernel_pid = sigkill_kernel_after_report(
+    (sidecar_text, writer_text, run_dir_text), kernel_pid = sigkill_kernel_after_report(
         KERNEL_SCRIPT, str(tmp_path)
     )
     sidecar_pid, run_dir = int(sidecar_text), Path(run_dir_text)
     wait_until(lambda: not pid_alive(sidecar_pid), what="the orphaned sidecar to exit")
+    # The anchor regions the dead kernel prepared are the writer's to unlink as it exits.
+    wait_until(lambda: not pid_alive(int(writer_text)), what="the orphaned writer to exit")
     assert not shm_names(kernel_pid)
     assert read_manifest(run_dir).status is RunStatus.RUNNING  # for the recovery sweep
     final = fold_to(run_dir, 10**9)
