@@ -6,14 +6,17 @@ run. One run is verified in this process with its segments' deep scans in the wo
 ``storage.check.verify.Scanner``). A worker that dies (a crash on a hostile file) breaks the
 pool; every scan (or run) it took down is done again alone: a run through the guarded segment
 scans, a segment in a fresh worker, and a file that kills that one too becomes a finding about
-the file. Workers are spawned (never forked from a process that may hold threads).
+the file. This process takes its share of the runs (or scans) too, from the back of the list,
+as ``--jobs 1`` does them all: it works while the workers start. Workers are spawned (never
+forked from a process that may hold threads).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TypeVar
@@ -92,19 +95,52 @@ def _scan_in_workers(
 def _map_in_workers(
     fn: Callable[[Path], T], paths: Sequence[Path], jobs: int, done: Callable[[Path], None]
 ) -> tuple[dict[Path, T], list[Path]]:
-    """``fn(p)`` for every path in up to ``jobs`` spawned workers, ``done(p)`` as each one
-    finishes: the results, and the paths whose worker died (the caller does them again)."""
+    """``fn(p)`` for every path, ``done(p)`` as each one finishes: the results, and the paths
+    whose worker died (the caller does them again).
+
+    ``jobs - 1`` spawned workers and this process share the paths: a worker takes them from
+    the front, this process from the back. A spawned worker spends a few hundred ms starting
+    and importing before its first path; this process works meanwhile instead of waiting, so
+    ``--jobs 2`` is never slower than one job by that start-up. When the pool breaks, the paths
+    not handed out yet are done here."""
     out: dict[Path, T] = {}
     lost: list[Path] = []
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=ctx) as pool:
-        futures = {pool.submit(fn, p): p for p in paths}
-        for fut in as_completed(futures):
-            p = futures[fut]
-            try:
-                out[p] = fut.result()
-            except BrokenProcessPool:
-                lost.append(p)
-                continue
+    todo = deque(paths)
+    workers = min(jobs - 1, len(paths) - 1)
+    if workers < 1:
+        for p in paths:
+            out[p] = fn(p)
             done(p)
+        return out, lost
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        running: dict[Future[T], Path] = {}
+        broken = False
+
+        def collect(ready: Iterable[Future[T]]) -> None:
+            nonlocal broken
+            for fut in list(ready):
+                p = running.pop(fut)
+                try:
+                    out[p] = fut.result()
+                except BrokenProcessPool:
+                    lost.append(p)
+                    broken = True
+                    continue
+                done(p)
+
+        def hand_out() -> None:
+            while not broken and todo and len(running) < workers:
+                p = todo.popleft()
+                running[pool.submit(fn, p)] = p
+
+        hand_out()
+        while todo:
+            p = todo.pop()
+            out[p] = fn(p)
+            done(p)
+            collect(f for f in running if f.done())
+            hand_out()
+        while running:
+            collect(wait(running, return_when=FIRST_COMPLETED).done)
     return out, lost
