@@ -102,6 +102,8 @@ def test_judged_figures_carry_target_and_met(
         result["append_latency"]["ringtape"]["varied_over_fixed"],
         *result["paced"]["rates"].values(),
         result["lifecycle"],
+        result["readback"]["verify"],
+        result["readback"]["dump"],
     ]
     for section in judged:
         assert isinstance(section["target"], dict) and section["target"]
@@ -109,8 +111,12 @@ def test_judged_figures_carry_target_and_met(
     names = {check["name"] for check in result["checks"]}
     # append (4 modes x 3), varied over fixed (p50, p99), 5 pipeline figures, paced (3 rates x
     # CPU and durable lag), open and seal, anchor() per size (4) and its 20 MB max, blob ratio
-    # and read speed, appends during a blob write
-    assert len(result["checks"]) == 4 * 3 + 2 + 5 + 3 * 2 + 2 + 4 + 1 + 2 + 1, names
+    # and read speed, appends during a blob write, verify and dump speed, verify --jobs 2
+    assert len(result["checks"]) == 4 * 3 + 2 + 5 + 3 * 2 + 2 + 4 + 1 + 2 + 1 + 3, names
+    readback = result["readback"]
+    assert readback["run"]["entries"] > 0 and readback["run"]["marker_records"] > 0
+    assert readback["dump"]["entries"] == readback["run"]["entries"]
+    assert 0 < readback["dump"]["since_last_tenth_entries"] < readback["run"]["entries"]
     cliff = result["append_latency"]["ringtape"]["varied_over_fixed"]
     assert cliff["baseline"]["name"] == "bare_ring" and cliff["baseline"]["p50_ns"] > 0
     paced = result["paced"]["rates"]

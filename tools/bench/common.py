@@ -67,6 +67,7 @@ SECTIONS: Final = (
     "anchors",
     "paced",
     "lifecycle",
+    "readback",
 )
 
 TOPICS: Final = (

@@ -81,6 +81,7 @@ from ringtape.tools.bench.durability import section_append_to_durable, section_i
 from ringtape.tools.bench.latency import section_append_latency
 from ringtape.tools.bench.lifecycle import section_lifecycle
 from ringtape.tools.bench.paced import section_paced
+from ringtape.tools.bench.readback import section_readback
 from ringtape.tools.bench.throughput import section_unpaced
 
 
@@ -182,6 +183,19 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": during["met"],
             }
         )
+    add("verify raw MB/s on one core", get("readback", "verify"), "raw_mb_per_s")
+    add("dump entries/s into a pipe", get("readback", "dump"), "entries_per_s")
+    jobs = get("readback", "verify_jobs")
+    if isinstance(jobs, dict) and "cli_s_by_jobs" in jobs:
+        by_jobs = jobs["cli_s_by_jobs"]
+        out.append(
+            {
+                "name": f"verify --jobs 2 faster than --jobs 1 ({jobs['runs']} runs)",
+                "value": by_jobs["2"],
+                "target": by_jobs["1"],
+                "met": jobs["met"],
+            }
+        )
     return out
 
 
@@ -216,6 +230,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         (("anchors",), section_anchors),
         (("paced",), section_paced),
         (("lifecycle",), section_lifecycle),
+        (("readback",), section_readback),
     ]
     errors = []
     try:
@@ -310,6 +325,7 @@ def format_table(result: dict[str, Any]) -> str:
             f" {life['back_to_back_seal_ms']:.1f} ms"
         )
     lines += _anchor_lines(result.get("anchors", {}))
+    lines += _readback_lines(result.get("readback", {}))
     lines += [f"error in {'/'.join(e['sections'])}: {e['error']}" for e in result.get("errors", [])]
     return "\n".join(lines)
 
@@ -328,6 +344,24 @@ def _paced_lines(paced: dict[str, Any]) -> list[str]:
             f" {r['floor']['fdatasync_wall']['p99_ns'] / 1e6:.2f} ms) [{_met(r['met'])}]"
         )
     return lines
+
+
+def _readback_lines(readback: dict[str, Any]) -> list[str]:
+    if "verify" not in readback:
+        return []
+    r, v, d = readback["run"], readback["verify"], readback["dump"]
+    jobs = readback["verify_jobs"]["cli_s_by_jobs"]
+    return [
+        f"verify of a demo run ({r['entries']:,} entries, {r['marker_records']:,} marker records,"
+        f" {r['raw_bytes'] / 1e6:.1f} MB raw): {v['in_process_s']:.3f} s in process,"
+        f" {v['raw_mb_per_s']:.0f} MB/s [{_met(v['met'])}]; {v['cli_s']:.3f} s through the"
+        f" command, start-up included ({v['cli_raw_mb_per_s']:.0f} MB/s)",
+        f"verify of {readback['verify_jobs']['runs']} runs: --jobs 1 {jobs['1']:.2f} s,"
+        f" --jobs 2 {jobs['2']:.2f} s [{_met(readback['verify_jobs']['met'])}]",
+        f"dump into a pipe: {d['entries']:,} entries in {d['cli_s']:.2f} s,"
+        f" {d['entries_per_s']:,.0f}/s [{_met(d['met'])}]; --since the last tenth:"
+        f" {d['since_last_tenth_entries']:,} entries in {d['since_last_tenth_s']:.2f} s",
+    ]
 
 
 def _anchor_lines(anchors: dict[str, Any]) -> list[str]:

@@ -376,8 +376,19 @@ def replay_parity(options: DemoOptions, run_id: str, live: ReferenceCache) -> tu
     return False, f"{how}; differs in {', '.join(differ) or 'state'}"
 
 
-def run_demo(options: DemoOptions, progress: ProgressFn | None = None) -> DemoResult:
-    """Capture, seal, verify and replay one demo run (see the module docstring)."""
+@dataclass(frozen=True)
+class CapturedRun:
+    """A sealed demo run (step 1): where it is, what the loop measured, the live cache."""
+
+    run_dir: Path
+    run_id: str
+    capture: Capture
+    live: ReferenceCache
+    anchor_records: list[AnchorRecord]
+
+
+def capture_demo_run(options: DemoOptions, progress: ProgressFn | None = None) -> CapturedRun:
+    """Step 1 and the seal: one demo run captured into ``options.base_dir``."""
     if options.seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {options.seconds}")
     options.base_dir.mkdir(parents=True, exist_ok=True)
@@ -386,13 +397,22 @@ def run_demo(options: DemoOptions, progress: ProgressFn | None = None) -> DemoRe
     session = TradingSession(options.seed, start_ns=time.time_ns())
     store = EventStore(demo_config(options), instance_id=DEMO_INSTANCE, clock=session)
     live = ReferenceCache()
-    store.open(DEMO_INSTANCE, _components(), Environment.SANDBOX)
-    run_dir, run_id = store.run_dir(), store.run_id()
-    assert run_dir is not None and run_id is not None
     try:
+        store.open(DEMO_INSTANCE, _components(), Environment.SANDBOX)
+        run_dir, run_id = store.run_dir(), store.run_id()
+        assert run_dir is not None and run_id is not None
         cap = capture_session(store, session, live, options, progress)
     finally:
-        store.seal()  # idempotent; a halted store is released, its run left for recovery
+        # Seals the run (a halted store is released, its run left for recovery) and ends the
+        # children started ahead for a next run: there is none.
+        store.close()
+    return CapturedRun(run_dir, run_id, cap, live, store.anchors())
+
+
+def run_demo(options: DemoOptions, progress: ProgressFn | None = None) -> DemoResult:
+    """Capture, seal, verify and replay one demo run (see the module docstring)."""
+    captured = capture_demo_run(options, progress)
+    run_dir, run_id, cap, live = captured.run_dir, captured.run_id, captured.capture, captured.live
     started = time.perf_counter()
     jobs = choose_jobs(run_dir, options.jobs)
     report = verify_path(run_dir, scan=scanner(jobs))
@@ -419,5 +439,5 @@ def run_demo(options: DemoOptions, progress: ProgressFn | None = None) -> DemoRe
         verify_jobs=jobs,
         replay_ok=ok,
         replay_detail=detail,
-        anchor_records=store.anchors(),
+        anchor_records=captured.anchor_records,
     )
