@@ -121,9 +121,10 @@ class StoreOptions:
     producers: str = "single"
     # How the writer idles (a name in capture.wait.WAIT_STRATEGIES; benchmarks swap it).
     writer_wait: str = "sleep"
-    # Start the next run's writer and sidecar processes ahead (at construction, and as each
-    # run ends), so that open() does not wait for an interpreter to start and import: two
-    # idle processes beside the store's own. close() (or the end of the store) ends them.
+    # Start the next run's writer and sidecar processes ahead (at construction; as each live
+    # or sandbox run ends; as each backtest opens), so that open() does not wait for an
+    # interpreter to start and import: two idle processes beside the store's own. close()
+    # (or the end of the store) ends them.
     prestart: bool = True
     # "best_effort": a snapshot the writer cannot take yet is superseded or skipped (counted);
     # "mandatory": anchor() waits for a slot (at most halt_threshold), else the store halts.
@@ -386,6 +387,11 @@ class EventStore:
             self._teardown(kill=True)
             raise
         self._run_id = run_id
+        if env is Environment.BACKTEST:
+            # Backtests run back to back (a parameter sweep) and nothing waits on them in real
+            # time: the next run's children import while this one runs, so its open() finds
+            # them ready. A live or sandbox run's start is left alone (see _teardown).
+            self._prestart()
         interval = self.options.retention_interval_s
         if interval is not None and self.config.retention.kind != "Full":
             self._supervisor = spawn_supervisor(base_dir, str(iid), self.config.retention, interval)
@@ -799,9 +805,10 @@ class EventStore:
         with contextlib.suppress(ValueError):
             self._last_anchors = session.anchors.records()
         self._final_durable = session.close(kill=kill)
-        # The next run's children start importing now, not while a run is open: two
-        # interpreters importing take a core for a few hundred ms, which on a machine of a
-        # core or two is the trading thread's or the writer's.
+        # The next run's children start importing now (unless a backtest started them as it
+        # opened), not while a live run is open: two interpreters importing take a core for a
+        # few hundred ms, which on a machine of a core or two is the trading thread's or the
+        # writer's, and the durable lag's tail with it.
         self._prestart()
 
     def _prestart(self) -> None:

@@ -2,10 +2,11 @@
 
 One store opens and seals runs one after another (a backtest parameter sweep), a few hundred
 entries and observations in each; every ``open()`` and ``seal()`` is timed on the wall clock.
-The store starts the next run's writer and sidecar ahead, as each run ends (not while a run
-is open, where their imports would compete with it): an ``open()`` that comes longer than a
-child's start-up after the last ``seal()`` finds them ready (the judged figures,
-``spares_ready``); runs back to back (``back_to_back``) wait for them to finish importing.
+The runs are backtests, for which the store starts the next run's writer and sidecar ahead as
+each ``open()`` returns (a live or sandbox run starts them as it ends instead, so that their
+imports do not compete with its start): runs that last longer than a child's start-up find
+them ready (the judged figures, ``spares_ready``); runs back to back (``back_to_back``) wait
+for them, and their imports compete with ``seal()`` for the cores.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ringtape.tools.bench.common import Run
 TARGET_OPEN_MS: Final = 100.0
 TARGET_SEAL_MS: Final = 30.0
 ENTRIES_PER_RUN: Final = 500
-PAUSE_S: Final = 1.0  # between runs: longer than a child's start-up here (0.2-0.4 s)
+PAUSE_S: Final = 1.0  # longer than a child's start-up here (0.3-0.4 s)
 
 
 def section_lifecycle(run: Run) -> dict[str, Any]:
@@ -41,8 +42,8 @@ def section_lifecycle(run: Run) -> dict[str, Any]:
     return {
         "method": (
             "perf_counter around open() and seal() of runs on one store, markers on: with"
-            f" {PAUSE_S:g} s between a seal() and the next open() (the children started as"
-            " the run ended are ready), and back to back (they are still starting)"
+            f" {PAUSE_S:g} s between runs (the children started ahead are ready: runs longer"
+            " than a child's start-up), and back to back (they are still starting)"
         ),
         "runs": runs,
         "data_markers": True,
@@ -76,12 +77,12 @@ def _cycle(run: Run, runs: int, pause_s: float) -> dict[str, Any]:
                 topic, payload = items[i]
                 store.observe_data(DataMarkerClass.Quote, "BTCUSDT-PERP.BINANCE", i, i)
                 store.append(topic, payload)
+            time.sleep(pause_s)
             t0 = time.perf_counter()
             store.seal()
             seals.append((time.perf_counter() - t0) * 1e3)
             if store.is_halted():
                 raise RuntimeError(f"the store halted: {store.halt_reason()}")
-            time.sleep(pause_s)  # the next run's children, started as this one ended
     finally:
         store.close()
     return {"pause_s": pause_s, "open_ms_runs": opens, "seal_ms_runs": seals}
