@@ -79,7 +79,7 @@ class _Pending:
         self.lengths: list[int] = []
 
     def __bool__(self) -> bool:
-        return bool(self.parts)
+        return bool(self.lengths)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -89,8 +89,9 @@ class _Pending:
         self.lengths.append(len(record))
 
     def extend(self, block: bytes, lengths: list[int]) -> None:
-        self.parts.append(block)
-        self.lengths.extend(lengths)
+        if lengths:
+            self.parts.append(block)
+            self.lengths.extend(lengths)
 
     def take(self, first_seq: int) -> MarkerOutput:
         lengths = np.array(self.lengths, np.int64)
@@ -119,6 +120,7 @@ class MarkerFolder:
         self.hifi: list[bool] = []
         self.seed: list[int] = []
         self.dirty: dict[int, None] = {}  # streams advanced since the last snapshot, in order
+        self.hi_beyond_i64 = False  # a stream's ts_init_hi does not fit the bulk fold's int64
         self.dirty_since = 0.0
         self.last_obs = 0
         self.esb = 0
@@ -180,6 +182,8 @@ class MarkerFolder:
                 if b > h:
                     hi[st] = b
                     ordinal[st] = 0
+                    if b > _I64_MAX:
+                        self.hi_beyond_i64 = True
                 elif b == h:
                     ordinal[st] += 1
                 dirty[st] = None
@@ -210,8 +214,8 @@ class MarkerFolder:
         o = rows["obs"]
         if int(o[0]) != self.last_obs + 1 or int(o[-1]) - int(o[0]) != n - 1:
             return False  # a gap in the observation numbers: the loop writes the gap record
-        if int(rows["b"].max()) > _I64_MAX:
-            return False
+        if int(rows["b"].max()) > _I64_MAX or self.hi_beyond_i64:
+            return False  # ts_init past int64 (only a kernel's bug): the loop's exact ints
         b = rows["b"].astype(np.int64)
         st = rows["stream"].astype(np.intp)
         idx = np.arange(n)
