@@ -199,20 +199,24 @@ class SidecarLoop:
                 self.commit(final=True)
                 return True  # serve() says CLOSED once the segments are closed
             if self.parent_gone():
+                # Everything the kernel published before it went: the pass above stopped at
+                # its first short take, and nothing will ring for the rest.
+                self.drain(to_the_end=True)
                 folder.finish(None)  # unknown: what the kernel dropped at the end is lost
                 self.commit(final=True)
                 return False
             self._sleep()
 
-    def drain(self) -> int:
-        """Take and fold what is published, up to ``MAX_PASS`` records; returns how many."""
+    def drain(self, *, to_the_end: bool = False) -> int:
+        """Take and fold what is published, up to ``MAX_PASS`` records (``to_the_end``: all of
+        it, however many takes); returns how many."""
         took = 0
-        while took < MAX_PASS and (rows := self.ring.take()) is not None:
+        while (to_the_end or took < MAX_PASS) and (rows := self.ring.take()) is not None:
             now = time.monotonic()
             for start in range(0, len(rows), FOLD_CHUNK):
                 self.folder.feed(rows[start : start + FOLD_CHUNK], now)
             took += len(rows)
-            if len(rows) < self.ring.max_take:
+            if len(rows) < self.ring.max_take and not to_the_end:
                 # The frontier as of this take. What the kernel publishes meanwhile waits for
                 # the next pass: chasing it here would fold a few records per take, each take
                 # costing as much as a full one.

@@ -1,18 +1,35 @@
 """The sidecar's two folds agree: the bulk fold (numpy, a chunk at a time) and the loop (one
-observation at a time) produce the same marker records, byte for byte, and the same state."""
+observation at a time) produce the same marker records, byte for byte, and the same state; and
+the sidecar's passes, which end at a short take, still fold everything a dead kernel published."""
 
 from __future__ import annotations
 
+import os
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from hypothesis import event, given, settings, strategies as st
 
+from ringtape.capture.doorbell import DoorbellListener, new_address
 from ringtape.capture.marker_fold import MarkerFolder
-from ringtape.capture.marker_ring import KIND_NAME, KIND_OBS, KIND_STREAM, RECORD_DTYPE
+from ringtape.capture.marker_ring import (
+    KIND_NAME,
+    KIND_OBS,
+    KIND_STREAM,
+    RECORD,
+    RECORD_DTYPE,
+    MarkerGeometry,
+    MarkerViews,
+)
+from ringtape.capture.marker_sidecar import SidecarArgs, SidecarLoop
 from ringtape.storage.format.entry import decode_entry
-from ringtape.storage.format.markers import REASON_SAFETY_FLUSH, TOPIC_CURSOR
+from ringtape.storage.format.frame import STREAM_MARKERS
+from ringtape.storage.format.markers import MARKER_STREAM, REASON_SAFETY_FLUSH, TOPIC_CURSOR
+from ringtape.storage.run.layout import MARKER_LOCK_NAME
+from ringtape.storage.run.lock import WriterLock
+from ringtape.storage.segment.writer import SegmentWriter
 
 NAMES = ["ETH.SIM", "BTC.SIM", "A-VERY-LONG-INSTRUMENT-ID-OVER-32-BYTES.VENUE", "X", "Y.Z"]
 _QUAD = struct.Struct("<QQQQ")
@@ -28,6 +45,7 @@ def stream_definition(stream: int, name: str) -> list[tuple[int, ...]]:
 
 def state(folder: MarkerFolder) -> dict[str, Any]:
     keys = ("next_seq", "count", "hi", "ordinal", "esb", "last_obs", "ts_init", "accounted")
+    keys += ("hi_beyond_i64",)
     out = {k: getattr(folder, k) for k in keys}
     out.update(
         dirty=list(folder.dirty),
@@ -67,6 +85,7 @@ step = st.tuples(
     cuts=st.lists(st.integers(1, 300), min_size=1, max_size=8),
     flush_after=st.sets(st.integers(0, 8)),
     hifi=st.sets(st.sampled_from(NAMES)),
+    first_ts=st.sampled_from([1_000, 1_000, 2**63 - 300]),  # the last: past int64 on the way
 )
 def test_the_bulk_fold_writes_what_the_loop_writes(
     steps: list[tuple[int, int, int]],
@@ -75,6 +94,7 @@ def test_the_bulk_fold_writes_what_the_loop_writes(
     cuts: list[int],
     flush_after: set[int],
     hifi: set[str],
+    first_ts: int,
 ) -> None:
     rows: list[tuple[int, ...]] = []
     defined: list[int] = []
@@ -85,7 +105,7 @@ def test_the_bulk_fold_writes_what_the_loop_writes(
             rows.extend(stream_definition(len(defined), NAMES[s]))
             defined.append(s)
         stream = defined.index(s)
-        ts = max(0, last_ts.get(stream, 1_000) + (-2 if i in back else ts_step))
+        ts = max(0, last_ts.get(stream, first_ts) + (-2 if i in back else ts_step))
         last_ts[stream] = ts
         esb, obs = esb + esb_step, obs + (4 if i in gaps else 1)
         rows.append((ts - 7, ts, esb, obs, stream, KIND_OBS, 0))
@@ -131,3 +151,67 @@ def test_the_bulk_fold_takes_interleaved_entries_and_many_quotes_per_entry() -> 
         cursors = [decode_entry(r, 0) for r in out.records()]
         snapshots = [e for e in cursors if e.topic == TOPIC_CURSOR]
         assert len(snapshots) == (n - 1) // per_entry  # one per boundary; the last still open
+
+
+def test_a_stream_past_int64_leaves_the_next_chunks_to_the_loop() -> None:
+    """A ts_init_hi the loop took past int64 (one row: too few for the bulk fold) does not stop
+    the next chunk, of another stream, from folding as the loop folds it."""
+    rows = stream_definition(0, "A.X") + stream_definition(1, "B.X")
+    past = [(0, (1 << 63) + 5, 0, 1, 0, KIND_OBS, 0)]
+    then = [(0, 1_000 + i, 0, 2 + i, 1, KIND_OBS, 0) for i in range(40)]
+    outputs = []
+    for folder in (MarkerFolder([]), MarkerFolder([], bulk=False)):
+        for chunk in (rows, past, then):
+            folder.feed(np.array(chunk, RECORD_DTYPE), 0.0)
+        folder.finish(41)
+        outputs.append((folder.take_output().data, state(folder)))
+    assert outputs[0] == outputs[1]
+
+
+def test_a_sidecar_whose_kernel_is_gone_folds_all_it_published(tmp_path: Path) -> None:
+    """A pass ends at its first short take; when the kernel is found gone, what it published
+    during that last take is still taken and folded before the stream ends. The sidecar's loop
+    runs here in process, over a real marker ring layout, segment writer, lock and doorbell;
+    the kernel publishes 50 more observations while the first take is folded, then is gone."""
+    geometry = MarkerGeometry.for_capacity(16_384)
+    views = MarkerViews(memoryview(bytearray(geometry.region_size)), geometry)
+    views.init_control(os.getpid())
+    published = 0
+
+    def publish(rows: list[tuple[int, ...]]) -> None:
+        nonlocal published
+        for a, b, esb, obs, stream, kind, _ in rows:
+            published += 1
+            slot = (published & (geometry.slots - 1)) * RECORD.size
+            RECORD.pack_into(views.data, slot, a, b, esb, obs, stream, kind, published)
+
+    def observations(first: int, n: int) -> list[tuple[int, ...]]:
+        return [(i, 1_000 + i, i // 3, i, 0, KIND_OBS, 0) for i in range(first, first + n)]
+
+    publish(stream_definition(0, "BTC.SIM"))
+    publish(observations(1, 100))
+    address = new_address()
+    args = SidecarArgs(
+        shm_name="unused", capacity=geometry.capacity, run_dir=str(tmp_path), run_id="r",
+        doorbell=address, parent_pid=os.getpid(), segment_max_bytes=1 << 20,
+        compression_level=1,
+    )  # fmt: skip
+    segments = SegmentWriter(tmp_path, "r", MARKER_STREAM, STREAM_MARKERS)
+    lock = WriterLock.acquire(tmp_path, MARKER_LOCK_NAME)
+    loop = SidecarLoop(args, views, segments, DoorbellListener(address), lock)
+    feed = loop.folder.feed
+
+    def feed_then_go(rows: np.ndarray, now: float) -> None:
+        feed(rows, now)
+        if published == len(stream_definition(0, "BTC.SIM")) + 100:
+            publish(observations(101, 50))  # during the first take's fold
+            loop.stop_requested = True  # the kernel is gone (as os.getppid() would say)
+
+    loop.folder.feed = feed_then_go  # type: ignore[method-assign]
+    try:
+        assert loop.run() is False  # ended for the kernel's death, not a close request
+    finally:
+        loop.close()
+        views.release()
+    assert loop.ring.read == published
+    assert loop.folder.last_obs == 150 and loop.folder.gap_records == 0
