@@ -32,6 +32,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,25 +149,37 @@ def spawn_child(
 
 
 class Spares:
-    """Children started ahead, one per module, for the next run's ``open()``."""
+    """Children started ahead, one per module, for the next run's ``open()``. Any thread may
+    refill or close them (a halted store is torn down from whichever thread sealed it); once
+    closed, a refill starts nothing until ``reopen``."""
 
     def __init__(self) -> None:
         self._ready: dict[str, Child] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def reopen(self) -> None:
+        with self._lock:
+            self._closed = False
 
     def refill(self, *modules: str) -> None:
-        for module in modules:
-            child = self._ready.get(module)
-            if child is None or not child.alive():
-                if child is not None:
-                    child.discard()
-                self._ready[module] = Child(module)
+        with self._lock:
+            if self._closed:
+                return
+            for module in modules:
+                child = self._ready.get(module)
+                if child is None or not child.alive():
+                    if child is not None:
+                        child.discard()
+                    self._ready[module] = Child(module)
 
     def spawn(
         self, module: str, function: str, args: object, *, fds: tuple[int, ...] = ()
     ) -> subprocess.Popen[bytes]:
         """Start ``module.function(args, fds)`` in a spare if one is ready, else in a new
         child."""
-        child = self._ready.pop(module, None)
+        with self._lock:
+            child = self._ready.pop(module, None)
         if child is not None and child.alive():
             try:
                 return child.start(function, args, fds)
@@ -177,7 +190,9 @@ class Spares:
         return spawn_child(module, function, args, fds=fds)
 
     def close(self) -> None:
-        ready, self._ready = self._ready, {}
+        with self._lock:
+            self._closed = True
+            ready, self._ready = self._ready, {}
         for child in ready.values():
             child.discard()
 

@@ -214,7 +214,6 @@ class EventStore:
         self._producer = Producer(self._geometry, self._now, me, self._threshold_s)
         # Children started ahead for the next open() (StoreOptions.prestart).
         self._spares = Spares()
-        self._closing = False
         self._finalizer = weakref.finalize(self, self._spares.close)
         self._markers: MarkerLane | None = None
         if config.data_markers is not None:
@@ -279,6 +278,7 @@ class EventStore:
         """
         iid = _as_uuid(instance_id, "instance_id")
         base_dir = self.config.require_base_dir()
+        self._spares.reopen()  # after close(): this run's end starts the next one's children
         self._boot_sweep(iid)
         configured = self.config.replay_from_run_id
         source = configured or self._parent_run_id
@@ -662,12 +662,8 @@ class EventStore:
         """Seal the open run (if any) and end the children started ahead for the next one.
         A store can still open a run after this; its first ``open()`` then starts its
         children itself."""
-        self._closing = True  # no children ahead for a next run
-        try:
-            self.seal()
-        finally:
-            self._closing = False
-        self._spares.close()
+        self._spares.close()  # first: the seal's teardown must start none for a next run
+        self.seal()
 
     def __enter__(self) -> EventStore:
         return self
@@ -814,7 +810,7 @@ class EventStore:
     def _prestart(self) -> None:
         """Start the next run's writer (and sidecar) now, so that ``open()`` finds them with
         their interpreter started and their modules imported."""
-        if not self.options.prestart or self._closing:
+        if not self.options.prestart:
             return
         modules = [WRITER_MODULE] + ([SIDECAR_MODULE] if self._markers is not None else [])
         try:
