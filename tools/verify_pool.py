@@ -7,8 +7,8 @@ run. One run is verified in this process with its segments' deep scans in the wo
 pool; every scan (or run) it took down is done again alone: a run through the guarded segment
 scans, a segment in a fresh worker, and a file that kills that one too becomes a finding about
 the file. This process takes its share of the runs (or scans) too, from the back of the list,
-as ``--jobs 1`` does them all: it works while the workers start. Workers are spawned (never
-forked from a process that may hold threads).
+as ``--jobs 1`` does them all (so without a worker's isolation): it works while the workers
+start. Workers are spawned (never forked from a process that may hold threads).
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def verify_in_workers(path: Path, jobs: int, progress: ProgressFn | None = None)
     sizes = {r: sum(file_size(p) for s in STREAMS for p in list_segments(r, s)) for r in runs}
     total = sum(sizes.values()) + sum(file_size(p) for p in loose)
     tracker = ScanProgress(total, progress)
-    reports, retry = _map_in_workers(verify_path, runs, jobs, lambda r: tracker(sizes[r]))
+    reports, retry = _map_in_workers(
+        verify_path, runs, jobs, lambda r: tracker(sizes[r]), sizes.__getitem__
+    )
     for r in retry:  # verified again here, each segment guarded on its own
         reports[r] = verify_path(r, scan=scanner(jobs))
         tracker(sizes[r])
@@ -80,7 +82,9 @@ def scanner(jobs: int) -> Scanner:
 def _scan_in_workers(
     paths: Sequence[Path], jobs: int, progress: ScanProgress
 ) -> dict[Path, SegmentScan]:
-    out, retry = _map_in_workers(scan_guarded, paths, jobs, lambda p: progress(file_size(p)))
+    out, retry = _map_in_workers(
+        scan_guarded, paths, jobs, lambda p: progress(file_size(p)), file_size
+    )
     ctx = multiprocessing.get_context("spawn")
     for p in sorted(retry):
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as alone:
@@ -93,19 +97,26 @@ def _scan_in_workers(
 
 
 def _map_in_workers(
-    fn: Callable[[Path], T], paths: Sequence[Path], jobs: int, done: Callable[[Path], None]
+    fn: Callable[[Path], T],
+    paths: Sequence[Path],
+    jobs: int,
+    done: Callable[[Path], None],
+    size: Callable[[Path], int],
 ) -> tuple[dict[Path, T], list[Path]]:
     """``fn(p)`` for every path, ``done(p)`` as each one finishes: the results, and the paths
     whose worker died (the caller does them again).
 
-    ``jobs - 1`` spawned workers and this process share the paths: a worker takes them from
-    the front, this process from the back. A spawned worker spends a few hundred ms starting
-    and importing before its first path; this process works meanwhile instead of waiting, so
-    ``--jobs 2`` is never slower than one job by that start-up. When the pool breaks, the paths
-    not handed out yet are done here."""
+    ``jobs - 1`` spawned workers and this process share the paths, largest first: the workers
+    take them from the front, this process from the back. A spawned worker spends a few
+    hundred ms starting and importing before its first path; this process works meanwhile
+    instead of waiting, so ``--jobs 2`` does not lose that start-up to one job, and a worker
+    that is done waits at most for one of the smallest paths before it gets its next. When the
+    pool breaks, the paths not handed out yet are done here. The paths done here have no
+    worker's isolation: a file that crashed the interpreter (no decoder here is known to: each
+    raises on bad input) would take the command down, as with ``--jobs 1``."""
     out: dict[Path, T] = {}
     lost: list[Path] = []
-    todo = deque(paths)
+    todo = deque(sorted(paths, key=size, reverse=True))
     workers = min(jobs - 1, len(paths) - 1)
     if workers < 1:
         for p in paths:
@@ -130,9 +141,14 @@ def _map_in_workers(
                 done(p)
 
         def hand_out() -> None:
+            nonlocal broken
             while not broken and todo and len(running) < workers:
                 p = todo.popleft()
-                running[pool.submit(fn, p)] = p
+                try:
+                    running[pool.submit(fn, p)] = p
+                except BrokenProcessPool:  # a worker died just now: the rest is done here
+                    todo.appendleft(p)
+                    broken = True
 
         hand_out()
         while todo:
