@@ -140,6 +140,9 @@ class Figures:
     recoveries: Counter[str] = field(default_factory=Counter)  # "boot" / "ringtape recover"
     runs: int = 0
     retired_opens: int = 0
+    # Run directories an open() left empty (killed between its mkdir and its lock) less than
+    # the sweep's grace before the end: a sweep takes them for live opens until then.
+    empty_opens_at_end: int = 0
     entries_checked: int = 0
     anchors_checked: int = 0
     anchors_incomplete: int = 0  # an anchor entry whose blob a kill kept from being written
@@ -163,6 +166,7 @@ class Figures:
             "recoveries": dict(self.recoveries),
             "runs_checked": self.runs,
             "aborted_opens_retired": self.retired_opens,
+            "empty_opens_at_end": self.empty_opens_at_end,
             "entries_checked": self.entries_checked,
             "anchors_checked": self.anchors_checked,
             "anchors_incomplete": self.anchors_incomplete,
@@ -373,7 +377,10 @@ class Driver:
             try:
                 status = read_manifest(run_dir).status
             except ManifestError:
-                if final:
+                if final and not any(run_dir.iterdir()):
+                    # Nothing was ever in it, not even its lock; the next boot retires it.
+                    self.figures.empty_opens_at_end += 1
+                elif final:
                     self.figures.problems.append(f"{run_id}: manifest unreadable at the end")
                 continue
             if not status.is_sealed and not final and str(status) != "quarantined":
