@@ -40,6 +40,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from ringtape.storage.format.frame import FormatError, decode_frame_header
+
+
+def torn_length(data: bytes) -> int:
+    """How much of a write of whole frames, end to end, a crash mid-frame leaves: up to half
+    of the frame that holds the middle byte. Half of ``data`` itself can fall exactly between
+    two frames of the same size, which tears nothing. Anything else (a segment header): half."""
+    middle, pos = len(data) // 2, 0
+    try:
+        while pos < len(data):
+            size = decode_frame_header(data, pos).size
+            if pos + size > middle:
+                return pos + max(1, size // 2)
+            pos += size
+    except FormatError:
+        pass
+    return max(1, middle)
+
+
 CRASH_POINTS: Final = ("after_write", "after_fsync", "after_publish", "mid_frame_write")
 BLOB_CRASH_POINTS: Final = ("blob_taken", "blob_mid_write", "blob_durable")
 KERNEL_CRASH_POINTS: Final = (
@@ -116,7 +135,7 @@ class FaultInjector:
         self._written += len(data)
         p = self._plan
         if p.crash_at == "mid_frame_write" and self.commits >= p.crash_after_commits:
-            os.write(fd, data[: max(1, len(data) // 2)])
+            os.write(fd, data[: torn_length(data)])
             os.kill(os.getpid(), signal.SIGKILL)
         if p.enospc_after_bytes is not None and self._written > p.enospc_after_bytes:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
