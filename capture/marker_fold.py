@@ -33,6 +33,7 @@ from ringtape.storage.format.markers import (
     REASON_BOUNDARY,
     REASON_CLOSE,
     cursor_heads,
+    cursor_items,
     encode_cursor,
     encode_cursor_one,
     encode_gap,
@@ -81,9 +82,6 @@ class _Pending:
     def __bool__(self) -> bool:
         return bool(self.lengths)
 
-    def __len__(self) -> int:
-        return len(self.lengths)
-
     def append(self, record: bytes) -> None:
         self.parts.append(record)
         self.lengths.append(len(record))
@@ -120,7 +118,6 @@ class MarkerFolder:
         self.hifi: list[bool] = []
         self.seed: list[int] = []
         self.dirty: dict[int, None] = {}  # streams advanced since the last snapshot, in order
-        self.hi_beyond_i64 = False  # a stream's ts_init_hi does not fit the bulk fold's int64
         self.dirty_since = 0.0
         self.last_obs = 0
         self.esb = 0
@@ -182,8 +179,6 @@ class MarkerFolder:
                 if b > h:
                     hi[st] = b
                     ordinal[st] = 0
-                    if b > _I64_MAX:
-                        self.hi_beyond_i64 = True
                 elif b == h:
                     ordinal[st] += 1
                 dirty[st] = None
@@ -214,8 +209,12 @@ class MarkerFolder:
         o = rows["obs"]
         if int(o[0]) != self.last_obs + 1 or int(o[-1]) - int(o[0]) != n - 1:
             return False  # a gap in the observation numbers: the loop writes the gap record
-        if int(rows["b"].max()) > _I64_MAX or self.hi_beyond_i64:
+        if int(rows["b"].max()) > _I64_MAX:
             return False  # ts_init past int64 (only a kernel's bug): the loop's exact ints
+        try:
+            hi = np.array(self.hi, np.int64)
+        except OverflowError:
+            return False  # a stream's ts_init_hi, taken by the loop, is past int64 too
         b = rows["b"].astype(np.int64)
         st = rows["stream"].astype(np.intp)
         idx = np.arange(n)
@@ -226,7 +225,7 @@ class MarkerFolder:
         first[1:] = g_st[1:] != g_st[:-1]
         before = np.empty(n, np.int64)  # the stream's ts_init_hi before the row
         before[1:] = g_b[:-1]
-        before[first] = np.array(self.hi, np.int64)[g_st[first]]
+        before[first] = hi[g_st[first]]
         if bool((g_b < before).any()):
             return False  # a stream's ts_init goes back: its hi and ordinal stay (the loop)
         new_hi = g_b != before
@@ -280,13 +279,8 @@ class MarkerFolder:
         items = item_seg < n_marks  # the cursors of the snapshots, in their order
         if merged:
             items &= item_seg > 0
-        cursor_rows = np.zeros(int(items.sum()), CURSOR_ITEM_DTYPE)
         i_last = item_last[items]
-        for name, values in (
-            ("stream", st[i_last]), ("ordinal", ordinal[i_last]), ("count", count[i_last]),
-            ("ts_init_hi", b[i_last]),
-        ):  # fmt: skip
-            cursor_rows[name] = values
+        cursor_rows = cursor_items(st[i_last], ordinal[i_last], count[i_last], b[i_last])
         i_seg = item_seg[items]
         i_rank = np.arange(len(i_seg)) - np.searchsorted(i_seg, i_seg)  # place in its record
         merged_record = b""
@@ -345,11 +339,11 @@ class MarkerFolder:
         ):
             self.count[s], self.hi[s], self.ordinal[s] = c, h, r
         trailing = [int(s) for s in st[item_first[item_seg == n_marks]].tolist()]
+        if len(snap_at):  # as of the last snapshot's boundary
+            end = int(snap_at[-1])
+            self.accounted = int(o[end - 1]) if end > 0 else self.last_obs
         if n_marks:
             self.dirty = dict.fromkeys(trailing)
-            end = int(snap_at[-1]) if len(snap_at) else 0
-            if len(snap_at):
-                self.accounted = int(o[end - 1]) if end > 0 else self.last_obs
             self.dirty_since = now
         else:
             if not carried:

@@ -45,7 +45,6 @@ def stream_definition(stream: int, name: str) -> list[tuple[int, ...]]:
 
 def state(folder: MarkerFolder) -> dict[str, Any]:
     keys = ("next_seq", "count", "hi", "ordinal", "esb", "last_obs", "ts_init", "accounted")
-    keys += ("hi_beyond_i64",)
     out = {k: getattr(folder, k) for k in keys}
     out.update(
         dirty=list(folder.dirty),

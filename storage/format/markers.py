@@ -304,6 +304,14 @@ assert CURSOR_HEAD_DTYPE.itemsize + CURSOR_ITEM_DTYPE.itemsize == _CURSOR_ONE.si
 U64s = npt.NDArray[np.uint64] | npt.NDArray[np.int64]
 
 
+def _rows(dtype: np.dtype[np.void], n: int, **fields: U64s | int | bytes) -> npt.NDArray[np.void]:
+    """``n`` records of ``dtype``, zeroed, each named field set (an array, or one value for all)."""
+    rows = np.zeros(n, dtype)
+    for name, values in fields.items():
+        rows[name] = values
+    return rows
+
+
 def hifi_rows(
     marker_seq: U64s,
     ts_init: U64s,
@@ -315,20 +323,13 @@ def hifi_rows(
     fp: U64s,
 ) -> npt.NDArray[np.void]:
     """Many :func:`encode_hifi` records at once (one argument array per field)."""
-    rows = np.zeros(len(marker_seq), HIFI_DTYPE)
-    rows["record_len"] = HIFI_RECORD_SIZE
-    rows["payload_len"] = HIFI_BODY.size
-    rows["topic_len"] = len(_HIFI_TOPIC)
-    rows["payload_type_len"] = len(PAYLOAD_BIN)
-    rows["topic"] = _HIFI_TOPIC
-    rows["payload_type"] = PAYLOAD_BIN.encode()
-    for name, values in (
-        ("seq", marker_seq), ("ts_init", ts_init), ("obs", obs),
-        ("event_seq_before", event_seq_before), ("stream", stream), ("ordinal", ordinal),
-        ("ts_event", ts_event), ("fingerprint", fp),
-    ):  # fmt: skip
-        rows[name] = values
-    return rows
+    return _rows(
+        HIFI_DTYPE, len(marker_seq), record_len=HIFI_RECORD_SIZE, payload_len=HIFI_BODY.size,
+        topic_len=len(_HIFI_TOPIC), payload_type_len=len(PAYLOAD_BIN), topic=_HIFI_TOPIC,
+        payload_type=PAYLOAD_BIN.encode(), seq=marker_seq, ts_init=ts_init, obs=obs,
+        event_seq_before=event_seq_before, stream=stream, ordinal=ordinal, ts_event=ts_event,
+        fingerprint=fp,
+    )  # fmt: skip
 
 
 def cursor_heads(
@@ -340,20 +341,24 @@ def cursor_heads(
     cursors: U64s,
 ) -> npt.NDArray[np.void]:
     """The heads of many :func:`encode_cursor` records at once; record ``i`` is its head
-    followed by ``cursors[i]`` rows of :data:`CURSOR_ITEM_DTYPE`."""
-    rows = np.zeros(len(marker_seq), CURSOR_HEAD_DTYPE)
-    rows["record_len"] = CURSOR_HEAD_DTYPE.itemsize + CURSOR_ITEM.size * cursors
-    rows["payload_len"] = CURSOR_HEAD.size + CURSOR_ITEM.size * cursors
-    rows["topic_len"] = len(TOPIC_CURSOR)
-    rows["payload_type_len"] = len(PAYLOAD_BIN)
-    rows["prefix"] = _CURSOR_PREFIX
-    rows["reason"] = reason
-    for name, values in (
-        ("seq", marker_seq), ("ts_init", ts_init), ("obs", obs),
-        ("event_seq_before", event_seq_before), ("cursors", cursors),
-    ):  # fmt: skip
-        rows[name] = values
-    return rows
+    followed by ``cursors[i]`` rows of :func:`cursor_items`."""
+    return _rows(
+        CURSOR_HEAD_DTYPE, len(marker_seq),
+        record_len=CURSOR_HEAD_DTYPE.itemsize + CURSOR_ITEM.size * cursors,
+        payload_len=CURSOR_HEAD.size + CURSOR_ITEM.size * cursors, topic_len=len(TOPIC_CURSOR),
+        payload_type_len=len(PAYLOAD_BIN), prefix=_CURSOR_PREFIX, reason=reason, seq=marker_seq,
+        ts_init=ts_init, obs=obs, event_seq_before=event_seq_before, cursors=cursors,
+    )  # fmt: skip
+
+
+def cursor_items(
+    stream: U64s, ordinal: U64s, count: U64s, ts_init_hi: U64s
+) -> npt.NDArray[np.void]:
+    """Many cursors of ``marker.cursor`` records (``CURSOR_ITEM`` each) at once."""
+    return _rows(
+        CURSOR_ITEM_DTYPE, len(stream), stream=stream, ordinal=ordinal, count=count,
+        ts_init_hi=ts_init_hi,
+    )  # fmt: skip
 
 
 def _encode_payload(
