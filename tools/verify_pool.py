@@ -13,6 +13,7 @@ start. Workers are spawned (never forked from a process that may hold threads).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -118,13 +119,12 @@ def _map_in_workers(
     lost: list[Path] = []
     todo = deque(sorted(paths, key=size, reverse=True))
     workers = min(jobs - 1, len(paths) - 1)
-    if workers < 1:
-        for p in paths:
-            out[p] = fn(p)
-            done(p)
-        return out, lost
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with (
+        ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        if workers >= 1
+        else contextlib.nullcontext()
+    ) as pool:
         running: dict[Future[T], Path] = {}
         broken = False
 
@@ -142,7 +142,7 @@ def _map_in_workers(
 
         def hand_out() -> None:
             nonlocal broken
-            while not broken and todo and len(running) < workers:
+            while pool is not None and not broken and todo and len(running) < workers:
                 p = todo.popleft()
                 try:
                     running[pool.submit(fn, p)] = p
