@@ -209,15 +209,19 @@ class RecordBatch:
             first = self._seq_of(0 if at is None else int(at[0]))
         return count, first, int(ts[-1])
 
+    def _frame_of(self, i: int) -> int:
+        """The queued frame that holds queued record ``i`` (after ``check``)."""
+        return int(np.searchsorted(self._firsts, i, side="right")) - 1
+
     def _seq_of(self, i: int) -> int:
         """The seq of queued record ``i`` (after ``check``)."""
-        j = int(np.searchsorted(self._firsts, i, side="right")) - 1
+        j = self._frame_of(i)
         return self.headers[j].first_seq + i - int(self._firsts[j])
 
     def anchors(self, problems: dict[int, str]) -> Iterator[tuple[int, Entry]]:
         """``(j, entry)`` for each snapshot anchor entry in a good queued frame ``j``."""
         for i in self._anchor_hits.tolist():
-            j = int(np.searchsorted(self._firsts, i, side="right")) - 1
+            j = self._frame_of(i)
             if j not in problems:
                 yield j, decode_entry(self._mem, int(self._records[i]))
 
