@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import event, given, settings, strategies as st
 
 from ringtape.capture.doorbell import DoorbellListener, new_address
@@ -167,6 +168,7 @@ def test_a_stream_past_int64_leaves_the_next_chunks_to_the_loop() -> None:
     assert outputs[0] == outputs[1]
 
 
+@pytest.mark.timeout(30)  # a loop whose kernel never goes would run on
 def test_a_sidecar_whose_kernel_is_gone_folds_all_it_published(tmp_path: Path) -> None:
     """A pass ends at its first short take; when the kernel is found gone, what it published
     during that last take is still taken and folded before the stream ends. The sidecar's loop
@@ -192,17 +194,19 @@ def test_a_sidecar_whose_kernel_is_gone_folds_all_it_published(tmp_path: Path) -
     address = new_address()
     args = SidecarArgs(
         shm_name="unused", capacity=geometry.capacity, run_dir=str(tmp_path), run_id="r",
-        doorbell=address, parent_pid=os.getpid(), segment_max_bytes=1 << 20,
+        doorbell=address, parent_pid=os.getppid(), segment_max_bytes=1 << 20,
         compression_level=1,
     )  # fmt: skip
     segments = SegmentWriter(tmp_path, "r", MARKER_STREAM, STREAM_MARKERS)
     lock = WriterLock.acquire(tmp_path, MARKER_LOCK_NAME)
     loop = SidecarLoop(args, views, segments, DoorbellListener(address), lock)
     feed = loop.folder.feed
+    fired: list[int] = []  # how far the ring was taken when the kernel went
 
     def feed_then_go(rows: np.ndarray, now: float) -> None:
         feed(rows, now)
-        if published == len(stream_definition(0, "BTC.SIM")) + 100:
+        if not fired:
+            fired.append(loop.ring.read)
             publish(observations(101, 50))  # during the first take's fold
             loop.stop_requested = True  # the kernel is gone (as os.getppid() would say)
 
@@ -212,5 +216,6 @@ def test_a_sidecar_whose_kernel_is_gone_folds_all_it_published(tmp_path: Path) -
     finally:
         loop.close()
         views.release()
+    assert fired and fired[0] < published  # it went while records were still to be taken
     assert loop.ring.read == published
     assert loop.folder.last_obs == 150 and loop.folder.gap_records == 0
